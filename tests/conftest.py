@@ -1,0 +1,33 @@
+"""Fixtures shared by the whole suite: tiny real datasets and one local Ray per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded Ray for the session: starting one costs seconds (Ray's testing tips)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def synth_root(tmp_path):
+    """A small synthetic dataset with every modality, written with shards' own writer."""
+    from shards.synth import SynthConfig, synth_dataset
+
+    root = tmp_path / "synth"
+    synth_dataset(root, SynthConfig(tasks=4, episodes=24, seed=0))
+    return root
