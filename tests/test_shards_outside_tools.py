@@ -83,3 +83,18 @@ def test_cli_error_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "shards", "info", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "not found" in result.stderr
+
+
+def test_docs_plain_pyarrow_example_writes_a_valid_dataset(tmp_path, monkeypatch):
+    """docs/format.md promises its plain-pyarrow example is enough to write a valid dataset."""
+    from pathlib import Path
+
+    from shards import validate
+
+    text = (Path(__file__).parents[1] / "docs" / "format.md").read_text()
+    section = text.split("## Writing a dataset with plain pyarrow", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/format.md", "exec"), {})
+    assert validate(tmp_path / "my-dataset") == []
+    assert Dataset(tmp_path / "my-dataset").episode(1).length == 3
