@@ -1,0 +1,1 @@
+"""Per-domain environment builders: each module knows one suite's ids, preprocessing and columns."""

@@ -1,0 +1,135 @@
+"""Turn a stream of vector-env steps into finished ``shards.Episode``s, in completion order.
+
+    recorder = EpisodeRecorder(entry, num_envs=8, source="training", run_id="pong-ppo-s0", seed=0,
+                               on_episode=writer.add)
+    obs, _ = env.reset(seed=0)
+    while ...:
+        actions = expert.act(obs)
+        next_obs, rewards, terminated, truncated, infos = env.step(actions)
+        recorder.add_step(obs, actions, rewards, terminated, truncated, infos)
+        obs = next_obs
+
+Step t of an episode holds the observation the agent saw, the action it took and the reward
+it got (shards' convention), so the SAME_STEP final observation is not stored. Each episode
+carries ``run_index`` (0, 1, 2... in the order episodes finish; ties broken by env index),
+``policy_steps`` (how many env steps the agent had taken, over all envs, when the episode
+began), the run's ``seed`` and ``success`` where the domain defines it (Meta-World: success
+at any step; BabyAI: positive reward at termination; Procgen: level completed).
+
+``infos`` may be Gymnasium's vector dict (with ``final_info`` for finished envs) or SB3's list
+of per-env dicts. An ``info["raw_reward"]`` (set by reward-clipping wrappers) replaces the
+reward, so shards always hold the environment's own reward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from experts.registry import TaskEntry
+from shards import Episode
+
+
+class EpisodeRecorder:
+    """Buffers per-env steps and emits an Episode for each finished episode."""
+
+    def __init__(self, task_entry: TaskEntry, num_envs: int, source: str, run_id: str, seed: int,
+                 on_episode: Callable[[Episode], Any] | None = None, start_index: int = 0,
+                 start_policy_steps: int = 0) -> None:
+        self.entry = task_entry
+        self.num_envs = num_envs
+        self.source, self.run_id, self.seed = source, run_id, seed
+        self.on_episode = on_episode
+        self.next_index = start_index
+        self.policy_steps = start_policy_steps
+        self.active = np.ones(num_envs, dtype=bool)
+        self._rows: list[list[dict[str, Any]]] = [[] for _ in range(num_envs)]
+        self._success: list[bool | None] = [None] * num_envs
+        self._began: list[int] = [start_policy_steps] * num_envs
+        self.episodes_done = 0
+
+    def add_step(self, obs: Any, actions: Any, rewards: Any, terminated: Any, truncated: Any,
+                 infos: Any = None) -> list[Episode]:
+        """Record one vector step; returns (and sends to ``on_episode``) the episodes it finished."""
+        obs_cols = self.entry.to_columns(obs)
+        act_cols = self.entry.action_columns(actions)
+        rewards = np.asarray(rewards, dtype=np.float64).reshape(self.num_envs)
+        terminated = np.asarray(terminated, dtype=bool).reshape(self.num_envs)
+        truncated = np.asarray(truncated, dtype=bool).reshape(self.num_envs)
+        done = terminated | truncated
+        key = self.entry.success_key
+        finished: list[Episode] = []
+        for i in range(self.num_envs):
+            if not self.active[i]:
+                continue
+            reward = _info_value(infos, "raw_reward", i, done[i])
+            row = {name: col[i] for name, col in obs_cols.items()}
+            row.update({name: col[i] for name, col in act_cols.items()})
+            row["_reward"] = rewards[i] if reward is None else float(reward)
+            row["_terminated"], row["_truncated"] = terminated[i], truncated[i]
+            self._rows[i].append(row)
+            if key is not None:
+                flag = _info_value(infos, key, i, done[i])
+                if flag is not None:
+                    self._success[i] = bool(self._success[i]) or bool(flag)
+            if done[i]:
+                finished.append(self._finish(i))
+        self.policy_steps += self.num_envs
+        for i in np.flatnonzero(done):
+            self._began[i] = self.policy_steps
+        return finished
+
+    def retire(self, env_index: int) -> None:
+        """Stop recording env ``env_index`` (its partial episode is dropped)."""
+        self.active[env_index] = False
+        self._rows[env_index] = []
+
+    def _finish(self, i: int) -> Episode:
+        rows, self._rows[i] = self._rows[i], []
+        success = self._success[i]
+        if self.entry.success_key is not None and success is None:
+            success = False
+        self._success[i] = None
+        columns = [c for c in rows[0] if not c.startswith("_")]
+        steps = {c: [r[c] for r in rows] if c == "obs_text" else np.stack([r[c] for r in rows]) for c in columns}
+        episode = Episode(
+            task=self.entry.task_id, steps=steps,
+            rewards=np.array([r["_reward"] for r in rows], dtype=np.float32),
+            terminated=np.array([r["_terminated"] for r in rows], dtype=bool),
+            truncated=np.array([r["_truncated"] for r in rows], dtype=bool),
+            run_id=self.run_id, run_index=self.next_index, source=self.source,
+            policy_steps=self._began[i], seed=self.seed, success=success,
+        )
+        self.next_index += 1
+        self.episodes_done += 1
+        if self.on_episode is not None:
+            self.on_episode(episode)
+        return episode
+
+
+def _info_value(infos: Any, key: str, i: int, done: bool) -> Any:
+    """``infos[key]`` for env i from a Gymnasium vector info dict or an SB3 list of dicts.
+
+    For an env that just finished, Gymnasium (SAME_STEP) moves the step's info into
+    ``final_info`` and puts the reset info at the top level, so look there first.
+    """
+    if infos is None:
+        return None
+    if isinstance(infos, (list, tuple)):
+        return infos[i].get(key) if i < len(infos) else None
+    if done and "final_info" in infos:
+        value = _masked(infos["final_info"], key, i)
+        if value is not None:
+            return value
+    return _masked(infos, key, i)
+
+
+def _masked(infos: dict, key: str, i: int) -> Any:
+    if key not in infos:
+        return None
+    mask = infos.get(f"_{key}")
+    if mask is not None and not mask[i]:
+        return None
+    return infos[key][i]
