@@ -1,0 +1,147 @@
+"""Writing a selection as a dataset root: a view over SRC's step files, or a compact copy.
+
+    from curation.output import write_selection
+    write_selection(selection, src_root, manifest, report=write_report)
+
+A local DST is built in a hidden sibling folder and renamed into place, so DST either is
+the complete new dataset or is untouched; with ``--overwrite`` the old DST is swapped out
+only after the new one is complete. A remote DST (a URI) gets its files one by one through
+shards' atomic writes, dataset.json last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from curation.select import CurationError, Selection
+from shards import INDEX_FILE, MANIFEST_FILE, Dataset, Manifest, Root, StepFileWriter, index_table, write_index, write_manifest
+
+logger = logging.getLogger(__name__)
+
+
+def check_destination(src: Root, out: str, overwrite: bool) -> Root:
+    """DST as a Root, refusing anything that could touch SRC or silently replace data."""
+    dst = Root.of(out)
+    if dst.is_local and src.is_local:
+        s, d = os.path.realpath(src.base), os.path.realpath(dst.base)
+        if d == s or d.startswith(s + os.sep):
+            raise CurationError(f"--out {out} is SRC or inside it; SRC is never written to: choose another --out")
+        if s.startswith(d + os.sep):
+            raise CurationError(f"--out {out} contains SRC {src.uri}; choose another --out")
+    elif dst.uri.rstrip("/") == src.uri.rstrip("/") or dst.uri.startswith(src.uri.rstrip("/") + "/"):
+        raise CurationError(f"--out {out} is SRC or inside it; SRC is never written to: choose another --out")
+    if not overwrite and _occupied(dst):
+        raise CurationError(f"--out {out} already exists; pass --overwrite to replace it")
+    return dst
+
+
+def write_selection(selection: Selection, src: Root, manifest: Manifest, dst: Root,
+                    report: Callable[[Selection, Root], None] | None = None) -> None:
+    """Write DST: index, dataset.json (with lineage and reference returns), optional report."""
+    kept_index = selection.index.filter(pa.array(selection.keep))
+    out_manifest = output_manifest(selection, src, manifest)
+    with staged_root(dst) as stage:
+        if selection.config.materialize:
+            _materialize(src, manifest, kept_index, stage)
+        else:
+            table = kept_index.set_column(kept_index.schema.get_field_index("file"), "file",
+                                          absolute_files(kept_index["file"], src))
+            write_index(stage, table)
+        if report is not None:
+            report(selection, stage)
+        write_manifest(stage, out_manifest)
+
+
+def output_manifest(selection: Selection, src: Root, manifest: Manifest) -> Manifest:
+    """SRC's task specs for the tasks that keep episodes, with expert and random returns set."""
+    kept_tasks = set(pc.unique(selection.index.filter(pa.array(selection.keep))["task"]).to_pylist())
+    tasks = {}
+    for code, task in enumerate(selection.tasks):
+        if task not in kept_tasks:
+            continue
+        spec = copy.deepcopy(manifest.tasks[task])
+        spec.expert_return = float(selection.task_expert[code])
+        spec.random_return = selection.random_return[code]
+        tasks[task] = spec
+    return Manifest(name=f"{manifest.name}-curated", tasks=tasks, extra=copy.deepcopy(manifest.extra),
+                    lineage=selection.lineage(src.uri, manifest.lineage))
+
+
+def absolute_files(files: pa.ChunkedArray, src: Root) -> pa.Array:
+    """SRC-relative ``file`` values -> absolute paths or URIs (working on the few distinct values)."""
+    encoded = files.combine_chunks().dictionary_encode()
+    names = [_absolute(name, src) for name in encoded.dictionary.to_pylist()]
+    return pa.DictionaryArray.from_arrays(encoded.indices, pa.array(names, pa.string())).cast(pa.string())
+
+
+@contextlib.contextmanager
+def staged_root(dst: Root) -> Iterator[Root]:
+    """Yield a Root to write into; on success it becomes DST (replacing an old one)."""
+    if not dst.is_local:
+        yield dst
+        return
+    final = dst.base
+    parent, name = os.path.split(final)
+    os.makedirs(parent, exist_ok=True)
+    stage = os.path.join(parent, f".tmp-{uuid.uuid4().hex[:8]}-{name}")
+    os.makedirs(stage)
+    try:
+        yield Root.of(stage)
+        if os.path.lexists(final):
+            trash = os.path.join(parent, f".trash-{uuid.uuid4().hex[:8]}-{name}")
+            os.replace(final, trash)
+            os.replace(stage, final)
+            if os.path.isdir(trash) and not os.path.islink(trash):
+                shutil.rmtree(trash)
+            else:
+                os.remove(trash)
+        else:
+            os.replace(stage, final)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _occupied(dst: Root) -> bool:
+    if dst.is_local:
+        path = dst.base
+        return os.path.lexists(path) and not (os.path.isdir(path) and not os.listdir(path))
+    return dst.exists(MANIFEST_FILE) or dst.exists(INDEX_FILE)
+
+
+def _absolute(name: str, src: Root) -> str:
+    if "://" in name or name.startswith("/"):
+        return name  # SRC is itself a view
+    return os.path.join(src.base, name) if src.is_local else f"{src.uri}/{name}"
+
+
+def _materialize(src: Root, manifest: Manifest, kept_index: pa.Table, stage: Root) -> None:
+    """Copy the kept episodes into one step file per task; the index keeps collection order."""
+    dataset = Dataset(src)
+    dataset.__dict__["manifest"] = manifest
+    position = {eid: i for i, eid in enumerate(kept_index["episode_id"].to_pylist())}
+    writers: dict[str, StepFileWriter] = {}
+    try:
+        episodes = dataset.iter_episodes(episode_ids=list(position))
+        for episode in tqdm(episodes, total=len(position), desc="materialize", unit="ep", leave=False):
+            writer = writers.get(episode.task)
+            if writer is None:
+                writer = StepFileWriter(stage, episode.task, "part-00000", manifest.tasks[episode.task].modalities)
+                writers[episode.task] = writer
+            writer.add(episode)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    rows = [row for writer in writers.values() for row in writer.close()]
+    rows.sort(key=lambda row: position[row["episode_id"]])
+    write_index(stage, index_table(rows))
