@@ -1,0 +1,238 @@
+"""The episodes of one or more dataset roots, grouped into read units and tokenized unit by unit.
+
+    catalog = Catalog(["runs/quickstart", "s3://bucket/extra"], text_model)
+    units = catalog.units("atari/pong", num_shards=4)   # lists of episode numbers
+    unit = catalog.load_unit("atari/pong", units[0])      # UnitTokens: every step tokenized
+
+A unit is the episodes whose first row lies in one row group of a step file, so reading a
+unit reads one row group (plus the next when its last episode runs over): memory holds a
+few row groups whatever the dataset's size. When a task has too few row groups to give every
+loader shard work, each episode is its own unit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shards.format import OBS_IMAGE, OBS_TEXT
+from shards.manifest import TaskSpec
+from shards.reader import Dataset, ShardError, binary_to_frames, list_to_matrix, open_parquet
+from trainer.text_tokenizer import TextTokenizer
+from trainer.tokenizer import StepLayout, StepTokens, text_token_lengths, tokenize_steps
+
+log = logging.getLogger(__name__)
+
+OPEN_FILES = 16
+
+
+@dataclass
+class UnitTokens:
+    """The tokenized steps of a unit's episodes, back to back. ``steps`` is None in a dry
+    load, which only knows where each timestep starts (enough to plan sequences)."""
+
+    task: str
+    episodes: np.ndarray       # (E,) global episode numbers, in stream order
+    token_starts: np.ndarray   # (E + 1,) where each episode starts in the unit's tokens
+    step_offsets: np.ndarray   # (S + 1,) where each timestep starts
+    steps: StepTokens | None
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.step_offsets[-1])
+
+    def episode_at(self, position: int) -> int:
+        """Index (into ``episodes``) of the episode holding token ``position``."""
+        return int(np.searchsorted(self.token_starts, position, side="right") - 1)
+
+
+class Catalog:
+    """Episode index of several roots as numpy columns, plus unit reading."""
+
+    def __init__(self, roots: list[str], text_model: TextTokenizer | None = None, max_text_tokens: int = 128) -> None:
+        if not roots:
+            raise ValueError("no dataset roots given")
+        self.roots = [str(r) for r in roots]
+        self.text_model = text_model
+        self.max_text_tokens = max_text_tokens
+        self.datasets = [Dataset(r) for r in self.roots]
+        self.specs: dict[str, TaskSpec] = {}
+        columns: dict[str, list[np.ndarray]] = {k: [] for k in ("root", "episode_id", "task", "source", "file", "offset", "length")}
+        self.files: list[tuple[int, str]] = []
+        file_codes: dict[tuple[int, str], int] = {}
+        self.sources: list[str] = []
+        source_codes: dict[str, int] = {}
+        for root_index, dataset in enumerate(self.datasets):
+            for task, spec in dataset.manifest.tasks.items():
+                known = self.specs.get(task)
+                if known is not None and (known.observation != spec.observation or known.action != spec.action):
+                    raise ValueError(f"task {task!r} has different observation/action specs in {self.roots[0]} "
+                                     f"and {self.roots[root_index]}")
+                self.specs.setdefault(task, spec)
+            index = dataset.index
+            if index.num_rows == 0:
+                continue
+            tasks = index["task"].to_pylist()
+            missing = sorted(set(tasks) - set(dataset.manifest.tasks))
+            if missing:
+                raise ShardError(f"{self.roots[root_index]}: episodes of task(s) {missing} are not in dataset.json")
+            files = index["file"].to_pylist()
+            sources = index["source"].to_pylist()
+            columns["root"].append(np.full(index.num_rows, root_index, np.int64))
+            columns["episode_id"].append(index["episode_id"].to_numpy())
+            columns["task"].append(np.array(tasks, dtype=object))
+            columns["source"].append(np.array([source_codes.setdefault(s, len(source_codes)) for s in sources], np.int64))
+            columns["file"].append(np.array([file_codes.setdefault((root_index, f), len(file_codes)) for f in files], np.int64))
+            columns["offset"].append(index["row_offset"].to_numpy())
+            columns["length"].append(index["length"].to_numpy())
+        self.files = list(file_codes)
+        self.sources = list(source_codes)
+        if not columns["root"]:
+            raise ValueError(f"the dataset roots {self.roots} hold no episodes")
+        self.episode_root = np.concatenate(columns["root"])
+        self.episode_id = np.concatenate(columns["episode_id"])
+        task_objects = np.concatenate(columns["task"])
+        self.task_names = sorted(set(task_objects.tolist()))
+        codes = {t: i for i, t in enumerate(self.task_names)}
+        self.episode_task = np.fromiter((codes[t] for t in task_objects), np.int64, count=len(task_objects))
+        self.episode_source = np.concatenate(columns["source"])
+        self.episode_file = np.concatenate(columns["file"])
+        self.episode_offset = np.concatenate(columns["offset"])
+        self.episode_length = np.concatenate(columns["length"])
+        empty = self.episode_length <= 0
+        if empty.any():
+            log.warning("skipping %d episode(s) of length 0", int(empty.sum()))
+        self.layouts = {task: StepLayout.of(self.specs[task]) for task in self.task_names}
+        self._footers: dict[int, np.ndarray] = {}
+        self._open: OrderedDict[int, pq.ParquetFile] = OrderedDict()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_open"] = OrderedDict()
+        return state
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episode_id)
+
+    def domain_of(self, task: str) -> str:
+        return self.specs[task].domain
+
+    def episodes_of(self, task: str) -> np.ndarray:
+        """Episode numbers of ``task`` in file order (file, then row offset)."""
+        selected = np.flatnonzero((self.episode_task == self.task_names.index(task)) & (self.episode_length > 0))
+        order = np.lexsort((self.episode_offset[selected], self.episode_file[selected]))
+        return selected[order]
+
+    def units(self, task: str, num_shards: int = 1) -> list[np.ndarray]:
+        """The task's read units (arrays of episode numbers), the same on every shard."""
+        episodes = self.episodes_of(task)
+        if len(episodes) == 0:
+            return []
+        groups = np.empty(len(episodes), np.int64)
+        for file in np.unique(self.episode_file[episodes]):
+            mask = self.episode_file[episodes] == file
+            starts = self._row_group_starts(int(file))
+            groups[mask] = np.searchsorted(starts, self.episode_offset[episodes[mask]], side="right") - 1
+        keys = self.episode_file[episodes] * (1 << 32) + groups
+        boundaries = np.flatnonzero(np.diff(keys)) + 1
+        units = np.split(episodes, boundaries)
+        if len(units) < 2 * num_shards:
+            units = [episodes[i:i + 1] for i in range(len(episodes))]
+        return units
+
+    def load_unit(self, task: str, episodes: np.ndarray, full: bool = True) -> UnitTokens:
+        """Tokenize a unit's episodes (``full``), or only work out where its timesteps start."""
+        layout = self.layouts[task]
+        spec = self.specs[task]
+        lengths = self.episode_length[episodes]
+        step_starts = np.zeros(len(episodes) + 1, np.int64)
+        np.cumsum(lengths, out=step_starts[1:])
+        if full:
+            table = self._read_rows(episodes, list(spec.observation) + list(spec.action))
+            steps = tokenize_steps(table_to_steps(table, spec), spec, self.text_model,
+                                   max_text_tokens=self.max_text_tokens, layout=layout)
+            offsets = steps.step_offsets
+        else:
+            steps = None
+            step_lengths = np.full(int(step_starts[-1]), layout.min_step_tokens, np.int64)
+            if layout.has_text:
+                texts = self._read_rows(episodes, [OBS_TEXT])[OBS_TEXT].to_pylist()
+                step_lengths += text_token_lengths(texts, self.text_model, self.max_text_tokens)
+            offsets = np.zeros(len(step_lengths) + 1, np.int64)
+            np.cumsum(step_lengths, out=offsets[1:])
+        return UnitTokens(task=task, episodes=episodes, token_starts=offsets[step_starts], step_offsets=offsets, steps=steps)
+
+    def describe_episode(self, number: int) -> str:
+        root, file = self.files[int(self.episode_file[number])]
+        return f"episode {int(self.episode_id[number])} ({self.roots[root]}/{file} rows {int(self.episode_offset[number])}+)"
+
+    # ------------------------------------------------------------------ reading
+
+    def _parquet(self, file: int) -> pq.ParquetFile:
+        handle = self._open.get(file)
+        if handle is None:
+            root, name = self.files[file]
+            fs, path = self.datasets[root].resolve(name)
+            handle = open_parquet(fs, path)
+            self._open[file] = handle
+            while len(self._open) > OPEN_FILES:
+                self._open.popitem(last=False)
+        else:
+            self._open.move_to_end(file)
+        return handle
+
+    def _row_group_starts(self, file: int) -> np.ndarray:
+        starts = self._footers.get(file)
+        if starts is None:
+            meta = self._parquet(file).metadata
+            starts = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+            self._footers[file] = starts
+        return starts
+
+    def _read_rows(self, episodes: np.ndarray, columns: list[str]) -> pa.Table:
+        """The rows of ``episodes`` (one file, ascending offsets), reading only the row groups
+        and columns needed; a single slice when the episodes are contiguous."""
+        files = np.unique(self.episode_file[episodes])
+        if len(files) != 1:
+            raise AssertionError("a unit spans several files")
+        file = int(files[0])
+        parquet = self._parquet(file)
+        starts = self._row_group_starts(file)
+        offsets = self.episode_offset[episodes]
+        ends = offsets + self.episode_length[episodes]
+        lo, hi = int(offsets.min()), int(ends.max())
+        root, name = self.files[file]
+        if hi > starts[-1]:
+            raise ShardError(f"{self.roots[root]}/{name}: rows [{lo}, {hi}) requested but the file has {starts[-1]} rows")
+        first = int(np.searchsorted(starts, lo, side="right") - 1)
+        last = int(np.searchsorted(starts, hi - 1, side="right") - 1)
+        try:
+            table = parquet.read_row_groups(list(range(first, last + 1)), columns=columns, use_threads=False)
+        except (pa.ArrowInvalid, OSError, KeyError) as error:
+            raise ShardError(f"{self.roots[root]}/{name}: row groups {first}..{last} unreadable ({error})") from None
+        base = int(starts[first])
+        if len(episodes) == 1 or np.array_equal(offsets[1:], ends[:-1]):
+            return table.slice(lo - base, hi - lo)
+        return pa.concat_tables([table.slice(int(o) - base, int(e - o)) for o, e in zip(offsets, ends)])
+
+
+def table_to_steps(table: pa.Table, spec: TaskSpec) -> dict:
+    """Step rows -> the column arrays tokenize_steps takes (zero-copy where Arrow allows)."""
+    n = table.num_rows
+    steps: dict = {}
+    for column in table.column_names:
+        data = table[column]
+        data = data.chunk(0) if data.num_chunks == 1 else data.combine_chunks()
+        if column == OBS_TEXT:
+            steps[column] = data.to_pylist()
+        elif column == OBS_IMAGE:
+            steps[column] = binary_to_frames(data, spec.image_shape)
+        else:
+            steps[column] = list_to_matrix(data, n)
+    return steps

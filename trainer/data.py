@@ -1,0 +1,389 @@
+"""Streaming Gato sequences from GatoForge datasets: a torch IterableDataset and its loader.
+
+    python -m trainer.data runs/quickstart --text-model runs/text.model --sequences 200 [--json]
+    python -m trainer.data ROOT_A ROOT_B --mixture mixture.yaml --weight atari=2
+
+    from trainer.data import DataConfig, make_loader
+    loader = make_loader(DataConfig(roots=["runs/quickstart"], text_model="runs/text.model"),
+                         batch_size=32, num_workers=2)
+    for batch in loader:               # dict of tensors, see below
+        ...
+    state = loader.state_dict()         # later: loader.load_state_dict(state) resumes exactly
+
+What each sequence holds (the contract with trainer/model.py; the default collate stacks to B):
+
+    tokens           int64 (L,)   ids of trainer.tokenizer.LAYOUT; IMAGE_PLACEHOLDER at patches, PAD at the end
+    loss_mask        bool  (L,)   True on action and text tokens (predict token l from tokens < l)
+    attention_mask   bool  (L,)   True on real tokens; padding only at the end
+    local_positions  int64 (L,)   position inside the timestep's observation; -1 on separator/action/pad
+    is_image         bool  (L,)   True where the token is an image patch
+    patches          float32 (P_max, 4, 16, 16)  the patches in token order, [-1, 1] / 4, zero-padded
+    patch_rows       float32 (P_max, 2)  normalized [start, end) row interval of each patch
+    patch_cols       float32 (P_max, 2)  normalized [start, end) column interval
+    num_patches      int64 ()     real patches (the rest is padding)
+
+``P_max`` is ``DataConfig.max_patches`` or, by default, a bound computed from the datasets'
+image tasks (``floor(L * P / s) + P`` for P patches in a timestep of s tokens), and 1 when no
+task has images, so every sequence of a loader has the same shapes.
+
+With ``observation_targets=True`` (JAT's kappa, Dynalang's next-observation prediction) two
+more keys come along: ``obs_targets`` int64 (L,) (the token ids) and ``obs_target_mask`` bool
+(L,), True on observation tokens that are not text and not the first token; at image
+positions the target is the patch itself (``patches``), elsewhere the token id. The trainer
+adds kappa x that loss to the action loss. With ``provenance=True`` (tests, debugging):
+``token_episode`` / ``token_offset`` int64 (L,) (global episode number and offset inside
+its tokens, -1 on padding), ``is_prompt`` bool (L,) and ``prompt_kind`` int64 () (0 none,
+1 episode end, 2 uniform position).
+
+Sampling (trainer/sequences.py has the details): tasks are drawn with the mixture weights
+(trainer/mixture.py: uniform over domains, then tasks); each task's episodes are split across
+ranks x workers per epoch so no window is served twice in an epoch; sequences are L tokens
+starting on a timestep, packed across episodes, 25% with a prompt; a shuffle buffer mixes
+them. The loader's state is how many sequences each worker has handed over: resuming
+replays the plans (no pixels read) and continues with the very same sequences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import tyro
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from trainer.catalog import Catalog
+from trainer.mixture import parse_weight_args, task_weights
+from trainer.patches import PATCH_SIZE, scale_patches
+from trainer.sequences import Assembled, SamplerSettings, ShardSampler, max_patches_per_sequence
+from trainer.text_tokenizer import TextTokenizer
+from trainer.tokenizer import IMAGE_PLACEHOLDER, MAX_CHANNELS, PAD
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+@dataclass
+class DataConfig:
+    """What the loader reads and how it cuts sequences."""
+
+    roots: list[str] = field(default_factory=list)
+    """dataset roots (local paths or URIs)"""
+    text_model: str | None = None
+    """SentencePiece model: a path or a hub id owner/repo[:file] (needed when a task has obs_text)"""
+    sequence_length: int = 1024
+    """tokens per sequence (L)"""
+    mixture: str | None = None
+    """YAML file of domain/task weights (default: uniform over domains, then tasks)"""
+    weight: tuple[str, ...] = ()
+    """extra NAME=WEIGHT pairs (a domain or a task id), applied over the mixture file"""
+    prompt_probability: float = 0.25
+    """share of sequences that start with a prompt from another episode of the same task and source"""
+    prompt_end_probability: float = 0.5
+    """share of prompts taken from the end of their episode (the rest: a uniform position)"""
+    prompt_fraction: float = 0.25
+    """at most this share of L is prompt (at least one timestep)"""
+    shuffle_buffer: int = 64
+    """sequences held to shuffle (per worker)"""
+    seed: int = 0
+    passes: int | None = None
+    """epochs over each task before its stream ends; None streams forever"""
+    max_patches: int | None = None
+    """P_max, patches per sequence; None derives a bound from the datasets"""
+    max_text_tokens: int = 128
+    """text tokens kept per timestep"""
+    prompt_pool_units: int = 3
+    """read units per task kept for drawing prompts (memory: about this many row groups per task)"""
+    observation_targets: bool = False
+    """also yield next-observation targets (obs_targets, obs_target_mask)"""
+    provenance: bool = False
+    """also yield where each token came from (token_episode, token_offset, is_prompt, prompt_kind)"""
+
+    def validate(self) -> None:
+        problems = []
+        if not self.roots:
+            problems.append("roots: give at least one dataset root")
+        if self.sequence_length < 16:
+            problems.append(f"sequence_length={self.sequence_length}: expected >= 16")
+        for name in ("prompt_probability", "prompt_end_probability", "prompt_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= (0.5 if name == "prompt_fraction" else 1.0):
+                problems.append(f"{name}={value}: expected a number in [0, {0.5 if name == 'prompt_fraction' else 1}]")
+        if self.passes is not None and self.passes < 1:
+            problems.append(f"passes={self.passes}: expected >= 1 or None")
+        if self.max_patches is not None and self.max_patches < 1:
+            problems.append(f"max_patches={self.max_patches}: expected >= 1")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def weights_spec(self) -> dict:
+        """The mixture file's weights with the ``weight`` pairs on top."""
+        from trainer.mixture import parse_mixture
+
+        domains, tasks = parse_mixture(self.mixture)
+        for name, value in parse_weight_args(self.weight).items():
+            (tasks if "/" in name else domains)[name] = value
+        return {"domains": domains, "tasks": tasks}
+
+
+class GatoDataset(IterableDataset):
+    """Gato sequences streamed from shard datasets; see the module docstring for the keys.
+
+    Shards its work over DataLoader workers and distributed ranks (``rank``/``world_size``,
+    default from torch.distributed when it is initialized)."""
+
+    def __init__(self, config: DataConfig, rank: int | None = None, world_size: int | None = None) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        if rank is None or world_size is None:
+            rank, world_size = _distributed_rank()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} is not in [0, world_size={world_size})")
+        self.rank, self.world_size = rank, world_size
+        self.text_model = TextTokenizer.load(config.text_model) if config.text_model else None
+        self.catalog = Catalog(config.roots, self.text_model, config.max_text_tokens)
+        with_text = [t for t, layout in self.catalog.layouts.items() if layout.has_text]
+        if with_text and self.text_model is None:
+            raise ValueError(f"tasks {with_text} have obs_text: pass text_model (fit one with "
+                             f"`python -m trainer.tokenizer fit ROOT --out text.model`)")
+        domains = {task: self.catalog.domain_of(task) for task in self.catalog.task_names}
+        self.weights = task_weights(domains, config.weights_spec())
+        self.max_patches = config.max_patches or max_patches_per_sequence(self.catalog, config.sequence_length)
+        self.settings = SamplerSettings(
+            sequence_length=config.sequence_length, prompt_probability=config.prompt_probability,
+            prompt_end_probability=config.prompt_end_probability, prompt_fraction=config.prompt_fraction,
+            shuffle_buffer=config.shuffle_buffer, seed=config.seed, passes=config.passes,
+            prompt_pool_units=config.prompt_pool_units)
+        self._resume: list[int] | None = None
+        self._consumed = [0]
+        self._real_tokens = 0
+        self._total_tokens = 0
+
+    # -------------------------------------------------------------- iteration
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        shard = self.rank * workers + worker
+        sampler = ShardSampler(self.catalog, self.weights, self.settings, shard, self.world_size * workers)
+        iterator = iter(sampler)
+        skip = 0
+        if self._resume is not None:
+            if len(self._resume) != workers:
+                raise ValueError(f"loader state was saved with {len(self._resume)} worker(s); this loader has {workers}")
+            skip = self._resume[worker]
+            sampler.fast_forward(iterator, skip)
+        if info is None:
+            self._consumed = [skip]
+        for plan, assembled in iterator:
+            sample = self.to_sample(assembled)
+            if info is None:
+                self._consumed[0] += 1
+                self._real_tokens += int(len(assembled.tokens))
+                self._total_tokens += self.config.sequence_length
+            yield sample
+
+    def to_sample(self, seq: Assembled) -> dict[str, torch.Tensor]:
+        """Pad an assembled sequence to L tokens and P_max patches, as torch tensors."""
+        length, count = self.config.sequence_length, len(seq.tokens)
+        tokens = np.full(length, PAD, np.int64)
+        tokens[:count] = seq.tokens
+        loss_mask = np.zeros(length, bool)
+        loss_mask[:count] = seq.loss_mask
+        attention = np.zeros(length, bool)
+        attention[:count] = True
+        local = np.full(length, -1, np.int64)
+        local[:count] = seq.local_positions
+        patches_count = len(seq.raw_patches)
+        if patches_count > self.max_patches:
+            raise ValueError(f"a sequence holds {patches_count} patches, more than max_patches={self.max_patches}")
+        patches = np.zeros((self.max_patches, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), np.float32)
+        if patches_count:
+            scale_patches(seq.raw_patches, out=patches[:patches_count, :seq.raw_patches.shape[1]])
+        rows = np.zeros((self.max_patches, 2), np.float32)
+        cols = np.zeros((self.max_patches, 2), np.float32)
+        rows[:patches_count] = seq.patch_rows
+        cols[:patches_count] = seq.patch_cols
+        is_image = tokens == IMAGE_PLACEHOLDER
+        sample = {
+            "tokens": torch.from_numpy(tokens), "loss_mask": torch.from_numpy(loss_mask),
+            "attention_mask": torch.from_numpy(attention), "local_positions": torch.from_numpy(local),
+            "is_image": torch.from_numpy(is_image), "patches": torch.from_numpy(patches),
+            "patch_rows": torch.from_numpy(rows), "patch_cols": torch.from_numpy(cols),
+            "num_patches": torch.tensor(patches_count, dtype=torch.int64),
+        }
+        if self.config.observation_targets:
+            target_mask = (local >= 0) & ~loss_mask
+            target_mask[0] = False
+            sample["obs_targets"] = torch.from_numpy(tokens.copy())
+            sample["obs_target_mask"] = torch.from_numpy(target_mask)
+        if self.config.provenance:
+            episode = np.full(length, -1, np.int64)
+            episode[:count] = seq.token_episode
+            offset = np.full(length, -1, np.int64)
+            offset[:count] = seq.token_offset
+            prompt = np.zeros(length, bool)
+            prompt[:count] = seq.is_prompt
+            sample.update(token_episode=torch.from_numpy(episode), token_offset=torch.from_numpy(offset),
+                          is_prompt=torch.from_numpy(prompt), prompt_kind=torch.tensor(seq.prompt_kind, dtype=torch.int64))
+        return sample
+
+    # -------------------------------------------------------------- state
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of yielded tokens that are padding (in-process iteration only; with workers
+        ask the SequenceLoader)."""
+        return 1.0 - self._real_tokens / self._total_tokens if self._total_tokens else 0.0
+
+    def state_dict(self) -> dict:
+        """Where in-process iteration stands (with DataLoader workers use SequenceLoader's)."""
+        return self.make_state(list(self._consumed))
+
+    def load_state_dict(self, state: dict) -> None:
+        """The next ``iter()`` continues exactly after the state's sequences."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"loader state version {state.get('version')!r}; this loader reads version {STATE_VERSION}")
+        if state.get("fingerprint") != self.fingerprint():
+            raise ValueError("loader state was saved for other datasets or settings (fingerprint differs): "
+                             f"{state.get('describe')}")
+        self._resume = [int(n) for n in state["consumed"]]
+        self._consumed = list(self._resume)
+
+    def make_state(self, consumed: list[int]) -> dict:
+        return {"version": STATE_VERSION, "fingerprint": self.fingerprint(), "consumed": list(consumed),
+                "rank": self.rank, "world_size": self.world_size,
+                "describe": f"roots={self.config.roots} L={self.config.sequence_length} seed={self.config.seed}"}
+
+    def fingerprint(self) -> str:
+        """Hash of everything that decides which sequences come out."""
+        settings = dataclasses.asdict(self.settings)
+        payload = json.dumps({"settings": settings, "roots": self.config.roots, "weights": self.weights,
+                              "episodes": int(self.catalog.num_episodes), "world_size": self.world_size,
+                              "rank": self.rank, "max_text_tokens": self.config.max_text_tokens,
+                              "ids": hashlib.blake2b(self.catalog.episode_id.tobytes(), digest_size=8).hexdigest()},
+                             sort_keys=True, default=str)
+        return hashlib.blake2b(payload.encode(), digest_size=12).hexdigest()
+
+
+class SequenceLoader:
+    """A torch DataLoader over GatoDataset that knows how many sequences each worker handed
+    over, so ``state_dict()`` / ``load_state_dict()`` resume exactly, and that measures padding.
+    Batches come from workers in turn (the DataLoader's in-order mode), which is what lets the
+    count per worker be known from the batches seen."""
+
+    def __init__(self, dataset: GatoDataset, batch_size: int, num_workers: int = 0, **loader_kwargs) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.loader_kwargs = loader_kwargs
+        self.consumed = [0] * max(1, num_workers)
+        self.real_tokens = 0
+        self.total_tokens = 0
+        self._loaded = False
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if any(self.consumed) or self._loaded:
+            self.dataset.load_state_dict(self.state_dict())
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                            persistent_workers=False, in_order=True, **self.loader_kwargs)
+        turn = 0
+        workers = len(self.consumed)
+        for batch in loader:
+            size = len(batch["tokens"])
+            self.consumed[turn % workers] += size
+            turn += 1
+            real = int(batch["attention_mask"].sum())
+            self.real_tokens += real
+            self.total_tokens += batch["attention_mask"].numel()
+            yield batch
+
+    def __len__(self) -> int:
+        raise TypeError("a streaming loader has no length")
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1.0 - self.real_tokens / self.total_tokens if self.total_tokens else 0.0
+
+    def state_dict(self) -> dict:
+        return self.dataset.make_state(self.consumed)
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state.get("consumed", [])) != len(self.consumed):
+            raise ValueError(f"loader state has {len(state.get('consumed', []))} worker count(s); this loader "
+                             f"has {len(self.consumed)} worker(s): resume with the same num_workers")
+        self.dataset.load_state_dict(state)
+        self.consumed = [int(n) for n in state["consumed"]]
+        self._loaded = True
+
+
+def make_loader(config: DataConfig, batch_size: int, num_workers: int = 0, rank: int | None = None,
+                world_size: int | None = None, **loader_kwargs) -> SequenceLoader:
+    """The loader a training loop uses: batches of the contract's tensors, resumable."""
+    return SequenceLoader(GatoDataset(config, rank, world_size), batch_size, num_workers, **loader_kwargs)
+
+
+def _distributed_rank() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+# ----------------------------------------------------------------------------- CLI
+
+@dataclass
+class InspectCommand(DataConfig):
+    """Draw sequences and print, per task, its weight, episodes, sequences and tokens drawn."""
+
+    roots: tyro.conf.Positional[list[str]] = field(default_factory=list)
+    sequences: int = 200
+    """sequences to draw"""
+    json: bool = False
+    """print the table as JSON"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    from shards.console import print_table
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    command = tyro.cli(InspectCommand, args=argv)
+    config = DataConfig(**{f.name: getattr(command, f.name) for f in dataclasses.fields(DataConfig)})
+    config.provenance = True
+    try:
+        dataset = GatoDataset(config)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    catalog = dataset.catalog
+    drawn = {task: {"sequences": 0, "prompted": 0} for task in catalog.task_names}
+    start = time.perf_counter()
+    from tqdm import tqdm
+
+    for count, sample in enumerate(tqdm(dataset, total=command.sequences, disable=command.json, desc="sequences")):
+        if count >= command.sequences:
+            break
+        episode = int(sample["token_episode"][~sample["is_prompt"]][0])
+        task = catalog.task_names[int(catalog.episode_task[episode])]
+        drawn[task]["sequences"] += 1
+        drawn[task]["prompted"] += int(sample["prompt_kind"]) > 0
+    elapsed = time.perf_counter() - start
+    rows = [{"task": task, "domain": catalog.domain_of(task), "weight": round(dataset.weights[task], 4),
+             "episodes": int((catalog.episode_task == i).sum()), **drawn[task]}
+            for i, task in enumerate(catalog.task_names)]
+    print_table(rows, title="sequences drawn", as_json=command.json,
+                extra={"padding_fraction": round(dataset.padding_fraction, 5),
+                       "tokens_per_second": round(dataset._total_tokens / elapsed, 1)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,524 @@
+"""Gato's tokenizer (paper section 2.1, appendix B): every modality to integer tokens.
+
+    python -m trainer.tokenizer fit runs/quickstart --out runs/text.model   # SentencePiece
+    python -m trainer.tokenizer layout --json                              # the token layout
+
+    from trainer.tokenizer import LAYOUT, encode_continuous, tokenize_observation, decode_action
+    tokens = encode_continuous(np.array([0.0, 1.0, -1e6]))   # -> ids in [32000, 33024)
+
+Layout (``TokenLayout``, defined here once; the model imports it):
+
+    [0, 32000)        text (SentencePiece ids) and, sharing ids, discrete values [0, 1024)
+    [32000, 33024)    continuous values: mu-law (mu=100, M=256), clip [-1, 1], 1024 bins
+    33024             SEPARATOR '|' between a timestep's observation and action tokens
+    33025             IMAGE_PLACEHOLDER at positions holding an image patch
+    33026             PAD
+    vocabulary        33027
+
+A timestep is its observation tokens, columns in key order (obs_continuous, obs_discrete,
+obs_image, obs_text), then SEPARATOR, then its action tokens (act_continuous, act_discrete),
+every array flattened row-major. Images become 16x16 patches (trainer.patches).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Annotated, Union
+
+import numpy as np
+import tyro
+
+from shards.format import (
+    ACT_COLUMNS,
+    ACT_CONTINUOUS,
+    ACT_DISCRETE,
+    OBS_COLUMNS,
+    OBS_CONTINUOUS,
+    OBS_DISCRETE,
+    OBS_IMAGE,
+    OBS_TEXT,
+)
+from shards.manifest import TaskSpec
+from trainer.patches import (
+    PATCH_SIZE,
+    frames_to_raw_patches,
+    image_to_patches,
+    patch_intervals,
+    patches_per_image,
+    scale_patches,
+)
+from trainer.text_tokenizer import TEXT_VOCAB_SIZE, TextTokenizer
+
+log = logging.getLogger(__name__)
+
+MU = 100.0
+M = 256.0
+DISCRETE_VALUES = 1024
+CONTINUOUS_BINS = 1024
+CONTINUOUS_OFFSET = TEXT_VOCAB_SIZE
+SEPARATOR = CONTINUOUS_OFFSET + CONTINUOUS_BINS  # 33024
+IMAGE_PLACEHOLDER = SEPARATOR + 1
+PAD = SEPARATOR + 2
+VOCAB_SIZE = SEPARATOR + 3
+MAX_CHANNELS = 4
+MAX_LOCAL_POSITIONS = 1024
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Which token ids mean what: the single definition the data path and the model share."""
+
+    text_vocab_size: int = TEXT_VOCAB_SIZE
+    discrete_values: int = DISCRETE_VALUES
+    continuous_offset: int = CONTINUOUS_OFFSET
+    continuous_bins: int = CONTINUOUS_BINS
+    separator: int = SEPARATOR
+    image_placeholder: int = IMAGE_PLACEHOLDER
+    pad: int = PAD
+    vocab_size: int = VOCAB_SIZE
+    mu: float = MU
+    m: float = M
+    patch_size: int = PATCH_SIZE
+    max_channels: int = MAX_CHANNELS
+    """patches carry this many channels (fewer are zero-padded): stacked frames are channels"""
+    max_local_positions: int = MAX_LOCAL_POSITIONS
+    """local observation positions are in [0, this)"""
+    observation_order: tuple[str, ...] = OBS_COLUMNS
+    action_order: tuple[str, ...] = ACT_COLUMNS
+
+
+LAYOUT = TokenLayout()
+
+
+# ----------------------------------------------------------------------------- values
+
+def mu_law(x: np.ndarray, mu: float = MU, m: float = M) -> np.ndarray:
+    """F(x) = sgn(x) log(|x| mu + 1) / log(M mu + 1)."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.sign(x) * np.log1p(np.abs(x) * mu) / math.log1p(m * mu)
+
+
+def inverse_mu_law(y: np.ndarray, mu: float = MU, m: float = M) -> np.ndarray:
+    y = np.asarray(y, dtype=np.float64)
+    return np.sign(y) * np.expm1(np.abs(y) * math.log1p(m * mu)) / mu
+
+
+def encode_continuous(x: np.ndarray) -> np.ndarray:
+    """Real values -> int64 tokens in [32000, 33024), same shape: mu-law, clip to [-1, 1],
+    1024 uniform bins. NaN or inf raise ValueError."""
+    values = np.asarray(x, dtype=np.float64)
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = np.flatnonzero(~finite.reshape(-1))
+        raise ValueError(f"encode_continuous: {bad.size} non-finite value(s) (first {values.reshape(-1)[bad[0]]} "
+                         f"at flat index {bad[0]}); expected finite floats")
+    squashed = np.clip(mu_law(values), -1.0, 1.0)
+    bins = np.floor((squashed + 1.0) * (CONTINUOUS_BINS / 2.0)).astype(np.int64)
+    np.minimum(bins, CONTINUOUS_BINS - 1, out=bins)
+    return bins + CONTINUOUS_OFFSET
+
+
+def decode_continuous(tokens: np.ndarray) -> np.ndarray:
+    """Tokens in [32000, 33024) -> float32 values at each bin's centre (inverse mu-law)."""
+    tokens = np.asarray(tokens)
+    bins = tokens.astype(np.int64) - CONTINUOUS_OFFSET
+    if bins.size and (bins.min() < 0 or bins.max() >= CONTINUOUS_BINS):
+        bad = tokens.reshape(-1)[np.flatnonzero((bins < 0) | (bins >= CONTINUOUS_BINS))[0]]
+        raise ValueError(f"decode_continuous: token {bad} is outside the continuous range "
+                         f"[{CONTINUOUS_OFFSET}, {CONTINUOUS_OFFSET + CONTINUOUS_BINS})")
+    centres = (bins + 0.5) * (2.0 / CONTINUOUS_BINS) - 1.0
+    return inverse_mu_law(centres).astype(np.float32)
+
+
+def encode_discrete(x: np.ndarray) -> np.ndarray:
+    """Integers in [0, 1024) -> int64 tokens (the same ids); anything else raises ValueError."""
+    values = np.asarray(x)
+    if values.dtype.kind == "f":
+        if not np.isfinite(values).all() or not np.array_equal(values, np.round(values)):
+            raise ValueError("encode_discrete: expected integers in [0, 1024), got non-integral floats")
+    elif values.dtype.kind not in "iub":
+        raise ValueError(f"encode_discrete: expected integers in [0, 1024), got dtype {values.dtype}")
+    tokens = values.astype(np.int64)
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= DISCRETE_VALUES):
+        bad = tokens.reshape(-1)[np.flatnonzero((tokens < 0) | (tokens >= DISCRETE_VALUES))[0]]
+        raise ValueError(f"encode_discrete: value {bad} is outside [0, {DISCRETE_VALUES})")
+    return tokens
+
+
+# ----------------------------------------------------------------------------- timesteps
+
+@dataclass(frozen=True)
+class StepLayout:
+    """The fixed shape of one task's timestep: how many tokens each column gives."""
+
+    continuous_obs: int
+    discrete_obs: int
+    patches: int
+    image_shape: tuple[int, ...] | None
+    has_text: bool
+    continuous_act: int
+    discrete_act: int
+
+    @classmethod
+    def of(cls, spec: TaskSpec) -> StepLayout:
+        def width(group: dict, column: str) -> int:
+            return int(np.prod(group[column].shape)) if column in group else 0
+
+        image = spec.image_shape
+        if image is not None:
+            if len(image) == 2:
+                image = (*image, 1)
+            if len(image) != 3:
+                raise ValueError(f"obs_image shape {list(image)}: expected [H, W, C]")
+            if image[2] > MAX_CHANNELS:
+                raise ValueError(f"obs_image has {image[2]} channels; the patch layout holds at most {MAX_CHANNELS}")
+        layout = cls(
+            continuous_obs=width(spec.observation, OBS_CONTINUOUS), discrete_obs=width(spec.observation, OBS_DISCRETE),
+            patches=patches_per_image(image) if image else 0, image_shape=tuple(image) if image else None,
+            has_text=OBS_TEXT in spec.observation,
+            continuous_act=width(spec.action, ACT_CONTINUOUS), discrete_act=width(spec.action, ACT_DISCRETE),
+        )
+        if layout.fixed_observation_tokens > MAX_LOCAL_POSITIONS:
+            raise ValueError(f"an observation of {layout.fixed_observation_tokens} tokens exceeds "
+                             f"{MAX_LOCAL_POSITIONS} local positions")
+        return layout
+
+    @property
+    def image_start(self) -> int:
+        """Offset of the first patch token inside a timestep."""
+        return self.continuous_obs + self.discrete_obs
+
+    @property
+    def fixed_observation_tokens(self) -> int:
+        return self.continuous_obs + self.discrete_obs + self.patches
+
+    @property
+    def action_tokens(self) -> int:
+        return self.continuous_act + self.discrete_act
+
+    @property
+    def min_step_tokens(self) -> int:
+        """Tokens of a timestep with empty text: observation, separator, action."""
+        return self.fixed_observation_tokens + 1 + self.action_tokens
+
+
+@dataclass
+class StepTokens:
+    """A run of T timesteps as flat token arrays (int32/int16 to keep caches small).
+
+    ``step_offsets[t]`` is where timestep t starts; patch tokens of step t sit at
+    ``step_offsets[t] + layout.image_start + p`` and their pixels are ``frames[t]``.
+    """
+
+    tokens: np.ndarray          # (N,) int32
+    loss_mask: np.ndarray       # (N,) bool: action and text tokens
+    local_positions: np.ndarray  # (N,) int16, -1 on separator and action tokens
+    step_offsets: np.ndarray    # (T + 1,) int64
+    frames: np.ndarray | None   # (T, H, W, C) uint8
+    layout: StepLayout
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.step_offsets) - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.step_offsets[-1])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.tokens, self.loss_mask, self.local_positions, self.step_offsets)) + (
+            0 if self.frames is None else self.frames.nbytes)
+
+
+def tokenize_steps(steps: dict, spec: TaskSpec, text_model: TextTokenizer | None = None,
+                   actions: bool = True, max_text_tokens: int = 128, layout: StepLayout | None = None) -> StepTokens:
+    """Tokenize T timesteps at once (vectorized: no Python loop over tokens or values).
+
+    ``steps`` maps shard columns to arrays with T rows, as in ``shards.Episode.steps``. With
+    ``actions=False`` a timestep is its observation tokens and the separator only.
+    """
+    layout = layout or StepLayout.of(spec)
+    lengths = {len(v) for k, v in steps.items() if k in spec.observation or (actions and k in spec.action)}
+    if len(lengths) > 1:
+        raise ValueError(f"columns have different numbers of steps: { {k: len(v) for k, v in steps.items()} }")
+    t = lengths.pop() if lengths else 0
+    parts: list[np.ndarray] = []      # (T, w) token blocks in timestep order
+    kinds: list[tuple[int, bool]] = []  # per block: (width, is_observation)
+    loss: list[bool] = []
+    for column in OBS_COLUMNS:
+        if column not in spec.observation or column == OBS_TEXT:
+            continue
+        values = _column(steps, column, t)
+        if column == OBS_CONTINUOUS:
+            block = encode_continuous(values.reshape(t, -1))
+        elif column == OBS_DISCRETE:
+            block = encode_discrete(values.reshape(t, -1))
+        else:  # pixels stay in ``frames``; patch tokens are placeholders
+            block = np.full((t, layout.patches), IMAGE_PLACEHOLDER, dtype=np.int64)
+        if column != OBS_IMAGE:
+            _check_width(column, block, spec.observation[column].shape)
+        parts.append(block)
+        kinds.append((block.shape[1], True))
+        loss.append(False)
+    text_ids, text_lengths = None, None
+    if layout.has_text:
+        text_ids, text_lengths = _text_block(_column(steps, OBS_TEXT, t), t, text_model, max_text_tokens)
+    action_parts = [np.full((t, 1), SEPARATOR, dtype=np.int64)]
+    action_loss = [False]
+    if actions:
+        for column in ACT_COLUMNS:
+            if column not in spec.action:
+                continue
+            values = _column(steps, column, t).reshape(t, -1)
+            block = encode_continuous(values) if column == ACT_CONTINUOUS else encode_discrete(values)
+            _check_width(column, block, spec.action[column].shape)
+            action_parts.append(block)
+            action_loss.append(True)
+    obs_width = sum(w for w, _ in kinds)
+    template_loss = np.concatenate([np.zeros(obs_width, bool)] + [np.full(b.shape[1], f) for b, f in zip(action_parts, action_loss)])
+    n_action = template_loss.size - obs_width
+    if text_ids is None:
+        matrix = np.concatenate(parts + action_parts, axis=1) if t else np.zeros((0, obs_width + n_action), np.int64)
+        tokens = matrix.reshape(-1)
+        loss_mask = np.tile(template_loss, t)
+        local = np.tile(np.concatenate([np.arange(obs_width), np.full(n_action, -1)]), t)
+        step_lengths = np.full(t, obs_width + n_action, dtype=np.int64)
+    else:
+        width_text = text_ids.shape[1]
+        matrix = np.concatenate(parts + [text_ids] + action_parts, axis=1)
+        valid = np.ones(matrix.shape, dtype=bool)
+        valid[:, obs_width:obs_width + width_text] = np.arange(width_text)[None, :] < text_lengths[:, None]
+        row_loss = np.concatenate([np.zeros(obs_width, bool), np.ones(width_text, bool), template_loss[obs_width:]])
+        row_local = np.concatenate([np.arange(obs_width + width_text), np.full(n_action, -1)])
+        tokens = matrix[valid]
+        loss_mask = np.broadcast_to(row_loss, matrix.shape)[valid]
+        local = np.broadcast_to(row_local, matrix.shape)[valid]
+        step_lengths = obs_width + n_action + text_lengths.astype(np.int64)
+    offsets = np.zeros(t + 1, dtype=np.int64)
+    np.cumsum(step_lengths, out=offsets[1:])
+    frames = None
+    if layout.patches:
+        frames = _frames(steps[OBS_IMAGE], t, layout.image_shape)
+    return StepTokens(tokens=tokens.astype(np.int32), loss_mask=np.ascontiguousarray(loss_mask),
+                      local_positions=local.astype(np.int16), step_offsets=offsets, frames=frames, layout=layout)
+
+
+# ----------------------------------------------------------------------------- deployment
+
+@dataclass
+class ObservationTokens:
+    """One observation ready for the model; ``tokens`` ends with SEPARATOR, so the next
+    tokens to produce are the action tokens (``action_token_count(spec)`` of them)."""
+
+    tokens: np.ndarray           # (n,) int64
+    local_positions: np.ndarray  # (n,) int64, -1 on the separator
+    is_image: np.ndarray         # (n,) bool
+    patches: np.ndarray          # (P, 4, 16, 16) float32 in [-1, 1] / 4, channels zero-padded to 4
+    patch_rows: np.ndarray       # (P, 2) float32
+    patch_cols: np.ndarray       # (P, 2) float32
+    text_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (n,) bool: text tokens
+
+
+def tokenize_observation(obs: dict, spec: TaskSpec, text_model: TextTokenizer | None = None,
+                         max_text_tokens: int = 128) -> ObservationTokens:
+    """One step's observation (shard columns: obs_continuous (d,), obs_discrete (k,),
+    obs_image (H, W, C) uint8 or its raw bytes, obs_text str) -> tokens plus the separator,
+    exactly as the data path tokenizes that step."""
+    missing = [c for c in spec.observation if c not in obs]
+    if missing:
+        raise ValueError(f"observation lacks column(s) {missing}; the task spec has {list(spec.observation)}")
+    steps = {}
+    for column in spec.observation:
+        value = obs[column]
+        if column == OBS_TEXT:
+            steps[column] = [value]
+        elif column == OBS_IMAGE and isinstance(value, (bytes, bytearray, memoryview)):
+            steps[column] = np.frombuffer(value, dtype=np.uint8).reshape(1, *spec.image_shape)
+        else:
+            steps[column] = np.asarray(value)[None]
+    run = tokenize_steps(steps, spec, text_model, actions=False, max_text_tokens=max_text_tokens)
+    tokens = run.tokens.astype(np.int64)
+    is_image = tokens == IMAGE_PLACEHOLDER
+    if run.frames is not None:
+        raw = frames_to_raw_patches(run.frames)[0]
+        patches = np.zeros((raw.shape[0], MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), np.float32)
+        scale_patches(raw, out=patches[:, :raw.shape[1]])
+        rows, cols = patch_intervals(run.frames.shape[1:3])
+    else:
+        patches = np.zeros((0, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), np.float32)
+        rows = cols = np.zeros((0, 2), np.float32)
+    return ObservationTokens(tokens=tokens, local_positions=run.local_positions.astype(np.int64), is_image=is_image,
+                             patches=patches, patch_rows=rows, patch_cols=cols, text_mask=run.loss_mask.copy())
+
+
+def action_token_count(spec: TaskSpec) -> int:
+    """How many tokens one action of this task takes (continuous first, then discrete)."""
+    return StepLayout.of(spec).action_tokens
+
+
+def action_token_ranges(spec: TaskSpec) -> np.ndarray:
+    """(A, 2) int64 [low, high) token ids allowed at each action position, in order: lets a
+    sampler mask the logits to valid action tokens."""
+    ranges = []
+    for column in ACT_COLUMNS:
+        if column not in spec.action:
+            continue
+        mod = spec.action[column]
+        count = int(np.prod(mod.shape))
+        if column == ACT_CONTINUOUS:
+            ranges += [(CONTINUOUS_OFFSET, CONTINUOUS_OFFSET + CONTINUOUS_BINS)] * count
+        else:
+            high = min(int(mod.n), DISCRETE_VALUES) if mod.n else DISCRETE_VALUES
+            ranges += [(0, high)] * count
+    return np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
+
+
+def encode_action(action: dict, spec: TaskSpec) -> np.ndarray:
+    """An action (dict of act_* columns) -> its int64 tokens, as the data path writes them."""
+    parts = []
+    for column in ACT_COLUMNS:
+        if column not in spec.action:
+            continue
+        if column not in action:
+            raise ValueError(f"action lacks column {column!r}; the task spec has {list(spec.action)}")
+        values = np.asarray(action[column]).reshape(-1)
+        parts.append(encode_continuous(values) if column == ACT_CONTINUOUS else encode_discrete(values))
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def decode_action(tokens: np.ndarray, spec: TaskSpec) -> dict[str, np.ndarray]:
+    """Action tokens -> {column: array of the spec's shape}. Continuous values are bin centres
+    clipped to the spec's [low, high] when it gives them; discrete values are clipped to
+    [0, n) so a sampled out-of-range id still gives a legal action."""
+    tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    expected = action_token_count(spec)
+    if tokens.size != expected:
+        raise ValueError(f"decode_action: got {tokens.size} tokens, the action spec {list(spec.action)} needs {expected}")
+    result: dict[str, np.ndarray] = {}
+    start = 0
+    for column in ACT_COLUMNS:
+        if column not in spec.action:
+            continue
+        mod = spec.action[column]
+        count = int(np.prod(mod.shape))
+        chunk = tokens[start:start + count]
+        start += count
+        if column == ACT_CONTINUOUS:
+            values = decode_continuous(np.clip(chunk, CONTINUOUS_OFFSET, CONTINUOUS_OFFSET + CONTINUOUS_BINS - 1))
+            if mod.low is not None and mod.high is not None:
+                values = np.clip(values, np.asarray(mod.low, np.float32), np.asarray(mod.high, np.float32))
+        else:
+            high = (int(mod.n) if mod.n else DISCRETE_VALUES) - 1
+            values = np.clip(chunk, 0, high).astype(np.int32)
+        result[column] = values.reshape(mod.shape)
+    return result
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _column(steps: dict, column: str, t: int):
+    if column not in steps:
+        raise ValueError(f"steps lack column {column!r} that the task spec declares")
+    values = steps[column]
+    return values if column == OBS_TEXT else np.asarray(values)
+
+
+def _check_width(column: str, block: np.ndarray, shape: list[int]) -> None:
+    expected = int(np.prod(shape))
+    if block.shape[1] != expected:
+        raise ValueError(f"{column}: {block.shape[1]} values per step, the task spec's shape {list(shape)} gives {expected}")
+
+
+def _text_block(texts, t: int, text_model: TextTokenizer | None, max_text_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-step text ids as a right-padded (T, width) matrix plus each step's length."""
+    if text_model is None:
+        raise ValueError("the task has obs_text but no text model was given; fit one with "
+                         "`python -m trainer.tokenizer fit ROOT --out text.model`")
+    unique: dict[str, int] = {}
+    index = np.fromiter((unique.setdefault(s or "", len(unique)) for s in texts), dtype=np.int64, count=t)
+    encoded = [text_model.encode(s)[:max_text_tokens] for s in unique]
+    width = max((len(e) for e in encoded), default=0)
+    table = np.zeros((len(encoded), width), dtype=np.int64)
+    lengths = np.zeros(len(encoded), dtype=np.int64)
+    for row, ids in enumerate(encoded):  # one row per distinct string, not per token
+        table[row, :len(ids)] = ids
+        lengths[row] = len(ids)
+    return table[index], lengths[index]
+
+
+def text_token_lengths(texts, text_model: TextTokenizer | None, max_text_tokens: int = 128) -> np.ndarray:
+    """Number of text tokens of each step's string, as tokenize_steps counts them."""
+    return _text_block(texts, len(texts), text_model, max_text_tokens)[1]
+
+
+def _frames(images, t: int, shape: tuple[int, ...]) -> np.ndarray:
+    frames = np.asarray(images)
+    if frames.dtype != np.uint8:
+        raise ValueError(f"obs_image must be uint8 pixels, got {frames.dtype}")
+    if frames.shape[1:] != tuple(shape):
+        if frames.size != t * int(np.prod(shape)):
+            raise ValueError(f"obs_image frames have shape {frames.shape[1:]}, the task spec says {list(shape)}")
+        frames = frames.reshape(t, *shape)
+    return frames
+
+
+# ----------------------------------------------------------------------------- CLI
+
+@dataclass
+class FitCommand:
+    """Fit a SentencePiece text model on the obs_text strings of one or more datasets."""
+
+    roots: tyro.conf.Positional[list[str]]
+    """dataset roots (local paths or URIs)"""
+    out: str
+    """where to write the .model file"""
+    vocab_size: int = TEXT_VOCAB_SIZE
+    """upper bound on pieces; SentencePiece stops earlier when the corpus is small"""
+    model_type: str = "unigram"
+    """SentencePiece model type: unigram or bpe"""
+    json: bool = False
+    """print the summary as JSON"""
+
+
+@dataclass
+class LayoutCommand:
+    """Print the token layout (which ids mean what)."""
+
+    json: bool = False
+    """print the table as JSON"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    from shards.console import print_table
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    command = tyro.cli(Union[Annotated[FitCommand, tyro.conf.subcommand("fit")],
+                             Annotated[LayoutCommand, tyro.conf.subcommand("layout")]], args=argv)
+    try:
+        if isinstance(command, FitCommand):
+            from trainer.text_tokenizer import fit_text_model
+
+            summary = fit_text_model(command.roots, command.out, command.vocab_size, command.model_type)
+            print_table([summary], title="text model", as_json=command.json)
+        else:
+            rows = [{"name": k, "value": str(v)} for k, v in vars(LAYOUT).items()]
+            print_table(rows, title="token layout", as_json=command.json)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = [
+    "CONTINUOUS_OFFSET", "DISCRETE_VALUES", "IMAGE_PLACEHOLDER", "LAYOUT", "MAX_CHANNELS", "PAD", "SEPARATOR",
+    "VOCAB_SIZE", "ObservationTokens", "StepLayout", "StepTokens", "TextTokenizer", "TokenLayout",
+    "action_token_count", "action_token_ranges", "decode_action", "decode_continuous", "encode_action",
+    "encode_continuous", "encode_discrete", "image_to_patches", "tokenize_observation", "tokenize_steps",
+]
+
+if __name__ == "__main__":
+    sys.exit(main())
