@@ -29,6 +29,9 @@ from shards.storage import Root
 
 log = logging.getLogger(__name__)
 
+#: Name prefix of the driver's ProgressBoard actor (tools and tests find running units' pids there).
+BOARD_PREFIX = "gatoforge-progress-"
+
 
 @dataclass
 class CollectConfig:
@@ -65,6 +68,8 @@ class CollectResult:
     seconds: float = 0.0
     steps: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
+    retried: dict[str, int] = field(default_factory=dict)
+    """units that needed more than one attempt (a worker died), with their attempt counts"""
 
     @property
     def complete(self) -> bool:
@@ -72,6 +77,7 @@ class CollectResult:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MUJOCO_GL", "egl")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = tyro.cli(CollectConfig, args=argv)
     try:
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print_table(result.rows, title=f"{result.root}", as_json=config.json, extra={
         "units_run": result.units_run, "units_skipped": result.units_skipped, "failed": result.units_failed,
-        "interrupted": result.interrupted, "seconds": round(result.seconds, 1),
+        "interrupted": result.interrupted, "retried": result.retried, "seconds": round(result.seconds, 1),
         "steps_per_s": round(result.steps / result.seconds, 1) if result.seconds else 0.0,
     })
     if result.interrupted:
@@ -133,7 +139,7 @@ def _run_units(config: CollectConfig, spec: DatasetSpec, root: Root, units: list
     from collectors.progress import ProgressBoard, ProgressView
 
     started_ray = _ensure_ray(config)
-    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+    board = ray.remote(num_cpus=0)(ProgressBoard).options(name=f"{BOARD_PREFIX}{spec.name}-{os.getpid()}").remote()
     remote_unit = ray.remote(_run_unit_task)
     refs: dict[str, Any] = {}
     try:
@@ -160,6 +166,7 @@ def _run_units(config: CollectConfig, spec: DatasetSpec, root: Root, units: list
         by_ref = {ref: unit_id for unit_id, ref in refs.items()}
         pending = list(refs.values())
         fresh: dict[str, int] = {}
+        snapshot: dict[str, dict[str, Any]] = {}
         with _progress_view(ProgressView, unit_counts, config.progress) as view:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
@@ -173,8 +180,12 @@ def _run_units(config: CollectConfig, spec: DatasetSpec, root: Root, units: list
                         continue
                     result.units_run += 1
                     done_counts[summary["task"]] += 1
-                fresh = view.update(ray.get(board.snapshot.remote()), done_counts, previous)
+                snapshot = ray.get(board.snapshot.remote())
+                fresh = view.update(snapshot, done_counts, previous)
         result.steps = sum(fresh.values())
+        result.retried = {u: s["attempts"] for u, s in snapshot.items() if s["attempts"] > 1}
+        for unit_id, attempts in result.retried.items():
+            log.warning("unit %s needed %d attempts (its worker died and Ray retried it)", unit_id, attempts)
     except KeyboardInterrupt:
         for ref in refs.values():
             try:

@@ -35,8 +35,8 @@ class ProgressView:
 
     def __init__(self, unit_counts: dict[str, int], enabled: bool = True) -> None:
         self.progress = Progress(
-            TextColumn("{task.description:<28}"), BarColumn(bar_width=20), MofNCompleteColumn(),
-            TextColumn("units  {task.fields[episodes]:>7} eps  {task.fields[steps]:>9} steps  {task.fields[rate]:>8} steps/s"),
+            TextColumn("{task.description:<24}"), BarColumn(bar_width=12), MofNCompleteColumn(),
+            TextColumn("units {task.fields[episodes]:>6} eps {task.fields[steps]:>9} steps {task.fields[rate]:>7}/s"),
             TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled, refresh_per_second=4,
         )
         self.rows = {
