@@ -1,0 +1,511 @@
+"""The Gato model: one decoder-only transformer over tokens of every modality.
+
+    python -m trainer.model gato-79m            # layers, width, heads, parameters (no weights allocated)
+    python -m trainer.model gato-1.18b --json
+    python -m trainer.model trainer/configs/gato-tiny.yaml
+
+Read it bottom-up, as nanoGPT's model.py: the config, then the embedding function
+(token table, ResNet v2 patch block, within-image row/column positions, local observation
+positions), then attention (RoPE + a rolling KV cache for deployment), the GEGLU feed-forward,
+the block, and the model with its loss. Shapes: B batch, T tokens, C width, H heads,
+N real image patches in the batch.
+
+Choices the paper leaves open, and what we did (docs/trainer.md explains each):
+- Token positions inside the sequence: rotary embeddings (RoPE). They are relative, so a
+  deployment KV cache can drop its oldest entries (Gato keeps the last 1024 tokens) without
+  recomputing the rest.
+- GEGLU hidden width: the paper gives a feed-forward size F (4x the width) and three
+  parameter counts. All three are matched (within 2.1%) by a GEGLU with gate, value and
+  output matrices of hidden width 7/12 * F and a token table tied to the output head; a
+  GEGLU of hidden F (16 d^2 per layer) or F/2 (10 d^2) misses them by 8-25%. ``ff_hidden``
+  overrides the rule.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+from trainer.tokenizer import MAX_CHANNELS, MAX_LOCAL_POSITIONS, VOCAB_SIZE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GatoConfig:
+    """Sizes of a Gato. The paper's three models are in CONFIGS; small ones train on a CPU."""
+
+    n_layer: int = 4
+    """transformer blocks"""
+    n_embd: int = 128
+    """width (embedding size)"""
+    n_head: int = 4
+    """attention heads (n_embd must divide by it)"""
+    ff: int = 512
+    """the paper's feed-forward size (4x width in all Gato models)"""
+    ff_hidden: int | None = None
+    """GEGLU hidden width; None = 7/12 * ff rounded to a multiple of 64 (matches the paper's counts)"""
+    block_size: int = 1024
+    """context length in tokens (Gato: 1024)"""
+    vocab_size: int = VOCAB_SIZE
+    """text + continuous bins + separator + image placeholder + pad (trainer.tokenizer.VOCAB_SIZE)"""
+    max_obs_tokens: int = MAX_LOCAL_POSITIONS
+    """learned local observation positions (the tokenizer keeps observations within this many tokens)"""
+    patch_size: int = 16
+    patch_channels: int = MAX_CHANNELS
+    """channels of a patch as the loader gives them (C_max; fewer are zero-padded)"""
+    patch_hidden: int = 32
+    """channels inside the ResNet v2 patch block"""
+    position_bins: int = 128
+    """row/column bins of the within-image position embedding (Gato: 128)"""
+    dropout: float = 0.0
+    rope_base: float = 10000.0
+    kappa: float = 0.0
+    """weight of the next-observation loss; 0 = Gato (actions and text only), JAT used 0.005"""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.n_embd % self.n_head:
+            problems.append(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        elif (self.n_embd // self.n_head) % 2:
+            problems.append(f"head size n_embd/n_head={self.n_embd // self.n_head} must be even (rotary embeddings)")
+        if not 0.0 <= self.kappa < 1.0:
+            problems.append(f"kappa={self.kappa} must be in [0, 1)")
+        for name in ("n_layer", "n_embd", "n_head", "ff", "block_size", "vocab_size", "max_obs_tokens",
+                     "patch_channels", "patch_hidden", "position_bins"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)} must be >= 1")
+        if problems:
+            raise ValueError("model config: " + "; ".join(problems))
+
+    @property
+    def geglu_hidden(self) -> int:
+        if self.ff_hidden is not None:
+            return self.ff_hidden
+        return max(64, int(round(7 * self.ff / 12 / 64)) * 64)
+
+
+CONFIGS: dict[str, GatoConfig] = {
+    # The paper's models (Gato table: layers, width, feed-forward, heads).
+    "gato-79m": GatoConfig(n_layer=8, n_embd=768, n_head=24, ff=3072, patch_hidden=64),
+    "gato-364m": GatoConfig(n_layer=12, n_embd=1536, n_head=12, ff=6144, patch_hidden=64),
+    "gato-1.18b": GatoConfig(n_layer=24, n_embd=2048, n_head=16, ff=8192, patch_hidden=64),
+    # CPU-sized: most of their parameters are the 33k-token table.
+    "gato-tiny": GatoConfig(n_layer=2, n_embd=64, n_head=4, ff=256, block_size=512, patch_hidden=16),
+    "gato-small": GatoConfig(n_layer=4, n_embd=128, n_head=4, ff=512, block_size=1024, patch_hidden=32),
+    "gato-base-cpu": GatoConfig(n_layer=4, n_embd=192, n_head=6, ff=768, block_size=1024, patch_hidden=32),
+}
+
+
+# ----------------------------------------------------------------------------------------
+# Embedding function
+
+
+def group_count(channels: int, preferred: int = 32) -> int:
+    """GroupNorm groups: 32 as in Gato, or the largest divisor of ``channels`` below that."""
+    return max(g for g in range(1, min(preferred, channels) + 1) if channels % g == 0)
+
+
+class ResNetV2Block(nn.Module):
+    """Pre-activation residual block: x + conv(GELU(GN(conv(GELU(GN(x))))))."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(group_count(channels), channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(group_count(channels), channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, ch, P, P)
+        h = self.conv1(F.gelu(self.norm1(x)))
+        h = self.conv2(F.gelu(self.norm2(h)))
+        return x + h
+
+
+class PatchEmbedding(nn.Module):
+    """One vector per 16x16 patch: a stem conv, one ResNet v2 block, pooling, a projection."""
+
+    def __init__(self, config: GatoConfig) -> None:
+        super().__init__()
+        ch = config.patch_hidden
+        self.stem = nn.Conv2d(config.patch_channels, ch, 3, padding=1)
+        self.block = ResNetV2Block(ch)
+        self.norm = nn.GroupNorm(group_count(ch), ch)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.proj = nn.Linear(ch * 16, config.n_embd)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:  # (N, C_max, 16, 16)
+        x = self.block(self.stem(patches))  # (N, ch, 16, 16)
+        x = self.pool(F.gelu(self.norm(x)))  # (N, ch, 4, 4)
+        return self.proj(x.flatten(1))  # (N, C)
+
+
+def interval_bins(intervals: torch.Tensor, bins: int, sample: bool) -> torch.Tensor:
+    """Quantize normalized [start, end) intervals (N, 2) to bin ids (N,).
+
+    Training samples a bin uniformly inside the interval; evaluation takes its rounded mean.
+    """
+    lo = (intervals[:, 0] * bins).floor().clamp(0, bins - 1)
+    hi = torch.maximum((intervals[:, 1] * bins).ceil().clamp(1, bins), lo + 1)  # exclusive
+    if sample:
+        idx = lo + (torch.rand_like(lo) * (hi - lo)).floor()
+    else:
+        idx = torch.round((lo + hi - 1) / 2)
+    return idx.long().clamp(0, bins - 1)
+
+
+class GatoEmbedding(nn.Module):
+    """Tokens -> vectors: one table for text/discrete/continuous/separator, patches via a ResNet."""
+
+    def __init__(self, config: GatoConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.patch = PatchEmbedding(config)
+        self.row = nn.Embedding(config.position_bins, config.n_embd)
+        self.col = nn.Embedding(config.position_bins, config.n_embd)
+        self.local = nn.Embedding(config.max_obs_tokens, config.n_embd)
+
+    def forward(self, tokens: torch.Tensor, local_positions: torch.Tensor, is_image: torch.Tensor,
+                patches: torch.Tensor, patch_rows: torch.Tensor, patch_cols: torch.Tensor) -> torch.Tensor:
+        """tokens, local_positions, is_image: (B, T); patches (N, C_max, 16, 16) in the order of
+        the True entries of is_image (row-major); patch_rows/cols (N, 2)."""
+        x = self.wte(tokens)  # (B, T, C)
+        if patches.shape[0]:
+            bins = self.config.position_bins
+            pe = self.patch(patches.to(x.dtype))  # (N, C)
+            pe = pe + self.row(interval_bins(patch_rows, bins, self.training))
+            pe = pe + self.col(interval_bins(patch_cols, bins, self.training))
+            x = x.index_put((is_image,), pe.to(x.dtype))  # placeholders -> patch vectors
+        is_obs = (local_positions >= 0).unsqueeze(-1)  # (B, T, 1) observation tokens only
+        local = self.local(local_positions.clamp(0, self.config.max_obs_tokens - 1))
+        return x + local * is_obs
+
+
+# ----------------------------------------------------------------------------------------
+# Transformer
+
+
+def rotary(positions: torch.Tensor, head_size: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables (T, head_size/2) for absolute positions (T,)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_size, 2, device=positions.device).float() / head_size)
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x1, x2) of the head dimension; x (B, H, T, hs)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.to(x.dtype)
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, at most ``max_tokens`` of them per layer.
+
+    Keys are stored already rotated, so dropping the oldest entries keeps every relative
+    distance intact: a new token costs one forward pass over itself, not over the context.
+    """
+
+    def __init__(self, n_layer: int, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self.keys: list[torch.Tensor | None] = [None] * n_layer
+        self.values: list[torch.Tensor | None] = [None] * n_layer
+        self.positions: torch.Tensor | None = None  # (S,) absolute positions of cached tokens
+        self.next_position = 0
+
+    def __len__(self) -> int:
+        return 0 if self.positions is None else int(self.positions.numel())
+
+    def reset(self) -> None:
+        self.__init__(len(self.keys), self.max_tokens)
+
+    def start(self, n_new: int, device: torch.device) -> torch.Tensor:
+        """Positions (T,) of the ``n_new`` tokens about to be appended; trims old positions."""
+        if n_new > self.max_tokens:
+            raise ValueError(f"cannot append {n_new} tokens at once to a {self.max_tokens}-token context")
+        new = torch.arange(self.next_position, self.next_position + n_new, device=device)
+        self.positions = new if self.positions is None else torch.cat((self.positions, new))[-self.max_tokens:]
+        self.next_position += n_new
+        return new
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add (B, H, T, hs) keys/values; return the whole window (B, H, S, hs)."""
+        old_k, old_v = self.keys[layer], self.values[layer]
+        if old_k is not None:
+            k, v = torch.cat((old_k, k), dim=2), torch.cat((old_v, v), dim=2)
+        k, v = k[:, :, -self.max_tokens:], v[:, :, -self.max_tokens:]
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GatoConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hs)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        mask, causal = None, True
+        if cache is not None:
+            k, v = cache.append(self.layer, k, v)  # (B, H, S, hs)
+            if k.shape[2] != T:  # attend to the cached window plus the new tokens, causally
+                key_pos = cache.positions  # (S,)
+                query_pos = key_pos[-T:]  # (T,)
+                mask, causal = key_pos[None, :] <= query_pos[:, None], False  # (T, S)
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and T > 1, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.proj(y)
+
+
+class GEGLU(nn.Module):
+    """Feed-forward with a GELU-gated linear unit: W_out (GELU(x W_gate) * x W_value)."""
+
+    def __init__(self, config: GatoConfig) -> None:
+        super().__init__()
+        hidden = config.geglu_hidden
+        self.gate_value = nn.Linear(config.n_embd, 2 * hidden, bias=False)
+        self.out = nn.Linear(hidden, config.n_embd, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C)
+        gate, value = self.gate_value(x).chunk(2, dim=-1)  # (B, T, hidden) each
+        return self.dropout(self.out(F.gelu(gate) * value))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GatoConfig, layer: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.ff = GEGLU(config)
+
+    def forward(self, x, cos, sin, cache=None):
+        x = x + self.attn(self.ln_1(x), cos, sin, cache)
+        return x + self.ff(self.ln_2(x))
+
+
+# ----------------------------------------------------------------------------------------
+# The model
+
+
+@dataclass
+class GatoLoss:
+    loss: torch.Tensor
+    """what is optimized: (1 - kappa) * action_loss + kappa * observation_loss"""
+    action_loss: torch.Tensor
+    """mean cross-entropy over target tokens (actions and text)"""
+    observation_loss: torch.Tensor | None
+    targets: int
+    """number of target tokens the head was computed for"""
+
+
+class Gato(nn.Module):
+    def __init__(self, config: GatoConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = GatoEmbedding(config)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.embed.wte.weight  # tied, as in nanoGPT (and the paper's counts)
+        self.patch_head = nn.Linear(config.n_embd, config.patch_channels * config.patch_size ** 2) if config.kappa else None
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
+            if name.endswith("attn.proj.weight") or name.endswith("ff.out.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def hidden_states(self, tokens, local_positions, is_image, patches, patch_rows, patch_cols,
+                      cache: KVCache | None = None) -> torch.Tensor:
+        """Final-layer states (B, T, C) after ln_f. With a cache, tokens continue the cached context."""
+        B, T = tokens.shape
+        if cache is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of {T} tokens exceeds block_size={self.config.block_size}")
+            positions = torch.arange(T, device=tokens.device)
+        else:
+            positions = cache.start(T, tokens.device)
+        cos, sin = rotary(positions, self.config.n_embd // self.config.n_head, self.config.rope_base)
+        x = self.drop(self.embed(tokens, local_positions, is_image, patches, patch_rows, patch_cols))
+        for block in self.blocks:
+            x = block(x, cos, sin, cache)
+        return self.ln_f(x)  # (B, T, C)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> GatoLoss:
+        """Loss of a loader batch (trainer-contract.md). The head runs only where the loss is."""
+        patches, rows, cols = real_patches(batch)
+        tokens = batch["tokens"]
+        h = self.hidden_states(tokens, batch["local_positions"], batch["is_image"], patches, rows, cols)
+        # token l is predicted from positions < l: states [:, :-1] predict tokens [:, 1:]
+        live = batch["attention_mask"][:, 1:]
+        target_mask = batch["loss_mask"][:, 1:] & live  # (B, T-1)
+        h_prev = h[:, :-1]  # (B, T-1, C)
+        logits = self.lm_head(h_prev[target_mask])  # (n_targets, V): ~1% of positions in control data
+        action_loss = F.cross_entropy(logits.float(), tokens[:, 1:][target_mask]) if logits.shape[0] else h.sum() * 0
+        obs_loss = None
+        loss = action_loss
+        if self.config.kappa:
+            obs_loss = self.observation_loss(batch, h_prev, live, patches)
+            loss = (1 - self.config.kappa) * action_loss + self.config.kappa * obs_loss
+        return GatoLoss(loss, action_loss, obs_loss, int(target_mask.sum()))
+
+    def observation_loss(self, batch, h_prev, live, patches) -> torch.Tensor:
+        """Next-observation prediction (JAT's kappa, Dynalang's world model): cross-entropy of the
+        next observation token, and MSE of the next image patch's pixels."""
+        obs = (batch["local_positions"][:, 1:] >= 0) & live  # (B, T-1)
+        image = batch["is_image"][:, 1:] & obs
+        token_mask = obs & ~image
+        losses = []
+        if token_mask.any():
+            logits = self.lm_head(h_prev[token_mask])
+            losses.append(F.cross_entropy(logits.float(), batch["tokens"][:, 1:][token_mask]))
+        if image.any():
+            # patches are in is_image order; the first token of a sequence is never predicted
+            first_is_image = batch["is_image"][:, 0]
+            per_seq = batch["is_image"].sum(1)
+            keep = torch.ones(patches.shape[0], dtype=torch.bool, device=patches.device)
+            starts = torch.cumsum(per_seq, 0) - per_seq
+            keep[starts[first_is_image]] = False
+            pred = self.patch_head(h_prev[image]).float()  # (n, C*16*16)
+            losses.append(F.mse_loss(pred, patches[keep].flatten(1).float()))
+        return torch.stack(losses).mean() if losses else h_prev.sum() * 0
+
+    @torch.no_grad()
+    def next_token_logits(self, tokens, local_positions, is_image, patches, patch_rows, patch_cols,
+                          cache: KVCache, allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, len(allowed) or V) of the token after the given ones, using and filling ``cache``.
+
+        ``allowed`` restricts the head to the ids valid for the action spec (cheaper, and
+        the sample can only be a legal action token)."""
+        h = self.hidden_states(tokens, local_positions, is_image, patches, patch_rows, patch_cols, cache)[:, -1]
+        weight = self.lm_head.weight if allowed is None else self.lm_head.weight[allowed]
+        return h @ weight.T
+
+    def configure_optimizer(self, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+        """AdamW; weight decay on matrices only (not on norms, biases or embeddings' duplicates)."""
+        params = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        decay = [p for p in params.values() if p.dim() >= 2]
+        no_decay = [p for p in params.values() if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=False)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward) as in the PaLM/nanoGPT estimate,
+        counting the head only at the target positions is left out (it is ~1% of tokens)."""
+        c = self.config
+        dense = sum(p.numel() for n, p in self.named_parameters()
+                    if n.startswith("blocks."))
+        return 6 * dense + 12 * c.n_layer * c.n_embd * seq_len
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+
+def real_patches(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch's real patches (N, C, 16, 16) and intervals (N, 2), row-major like is_image."""
+    patches = batch["patches"]  # (B, P_max, C, 16, 16)
+    valid = torch.arange(patches.shape[1], device=patches.device)[None, :] < batch["num_patches"].reshape(-1, 1)
+    return patches[valid], batch["patch_rows"][valid], batch["patch_cols"][valid]
+
+
+# ----------------------------------------------------------------------------------------
+# Config lookup and the CLI
+
+
+def load_model_config(name_or_path: str) -> GatoConfig:
+    """A config by name (CONFIGS) or from a YAML file's ``model:`` section."""
+    if name_or_path in CONFIGS:
+        return CONFIGS[name_or_path]
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.exists():
+            raise ValueError(f"{path}: model config file not found")
+        import yaml
+
+        data = yaml.safe_load(path.read_text()) or {}
+        return model_config_from_dict(data.get("model", data), where=str(path))
+    raise ValueError(f"unknown model config {name_or_path!r}: expected one of {sorted(CONFIGS)} or a .yaml file")
+
+
+def model_config_from_dict(data: dict, where: str = "model") -> GatoConfig:
+    """GatoConfig from a dict; a ``preset`` key starts from a named config."""
+    data = dict(data)
+    base = {}
+    preset = data.pop("preset", None)
+    if preset is not None:
+        if preset not in CONFIGS:
+            raise ValueError(f"{where}: preset {preset!r} is not one of {sorted(CONFIGS)}")
+        base = asdict(CONFIGS[preset])
+    known = {f.name for f in fields(GatoConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown model field(s) {unknown}; expected some of {sorted(known)}")
+    return GatoConfig(**{**base, **data})
+
+
+def describe(config: GatoConfig, name: str = "") -> dict:
+    """Layers, width, heads and parameter count, computed on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = Gato(config)
+    blocks = sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks."))
+    return {"config": name, "layers": config.n_layer, "width": config.n_embd, "heads": config.n_head,
+            "feed_forward": config.ff, "geglu_hidden": config.geglu_hidden, "context": config.block_size,
+            "params": model.num_params(), "params_blocks": blocks,
+            "params_embedding": model.embed.wte.weight.numel()}
+
+
+@dataclass
+class ModelCommand:
+    """Print a Gato config's size without allocating its weights."""
+
+    config: tyro.conf.Positional[str]
+    """a config name (gato-79m, gato-364m, gato-1.18b, gato-tiny, gato-small, gato-base-cpu) or a YAML file"""
+    json: bool = False
+    """print JSON instead of a table"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    from shards.console import print_table
+
+    args = tyro.cli(ModelCommand, args=argv)
+    try:
+        row = describe(load_model_config(args.config), args.config)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    if args.json:
+        sys.stdout.write(json.dumps(row, indent=2) + "\n")
+    else:
+        print_table([row], title="Gato model")
+
+
+if __name__ == "__main__":
+    main()

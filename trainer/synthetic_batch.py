@@ -1,0 +1,78 @@
+"""In-memory batches in the loader's layout (notes: trainer-contract.md), for benchmarks and tests.
+
+    from trainer.synthetic_batch import SyntheticBatchConfig, synthetic_batch
+    batch = synthetic_batch(SyntheticBatchConfig(batch_size=8, seq_len=256, image_patches=4))
+
+Each sequence is a run of timesteps: [image patches][observation values] | [action values],
+so the model sees the structure it sees in real data (and the benchmark can compare a
+step on real loader batches with a step on these, which cost nothing to produce).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trainer.tokenizer import CONTINUOUS_OFFSET, IMAGE_PLACEHOLDER, MAX_CHANNELS, PAD, SEPARATOR
+
+
+PATCH_SHAPE = (MAX_CHANNELS, 16, 16)
+
+
+@dataclass
+class SyntheticBatchConfig:
+    batch_size: int = 8
+    seq_len: int = 256
+    image_patches: int = 0
+    """patches per observation (0 = no images)"""
+    observation_values: int = 12
+    action_values: int = 2
+    continuous: bool = True
+    """continuous (mu-law bins) values or discrete ones"""
+    padding: int = 0
+    """PAD tokens at the end of every sequence"""
+    seed: int = 0
+
+
+def synthetic_batch(config: SyntheticBatchConfig) -> dict[str, torch.Tensor]:
+    """A random batch with the contract's keys, dtypes and shapes."""
+    g = torch.Generator().manual_seed(config.seed)
+    B, L = config.batch_size, config.seq_len
+    per_step = config.image_patches + config.observation_values + 1 + config.action_values
+    low, high = (CONTINUOUS_OFFSET, CONTINUOUS_OFFSET + 1024) if config.continuous else (0, 1024)
+    real = L - config.padding
+    kind = torch.empty(per_step, dtype=torch.long)  # 0 image, 1 obs value, 2 separator, 3 action
+    kind[: config.image_patches] = 0
+    kind[config.image_patches: per_step - config.action_values - 1] = 1
+    kind[per_step - config.action_values - 1] = 2
+    kind[per_step - config.action_values:] = 3
+    local = torch.full((per_step,), -1, dtype=torch.long)
+    n_obs = config.image_patches + config.observation_values
+    local[:n_obs] = torch.arange(n_obs)
+    reps = -(-L // per_step)
+    kinds = kind.repeat(reps)[:L].expand(B, L).clone()
+    tokens = torch.randint(low, high, (B, L), generator=g)
+    tokens[kinds == 0] = IMAGE_PLACEHOLDER
+    tokens[kinds == 2] = SEPARATOR
+    local_positions = local.repeat(reps)[:L].expand(B, L).clone()
+    attention_mask = torch.zeros(B, L, dtype=torch.bool)
+    attention_mask[:, :real] = True
+    tokens[~attention_mask] = PAD
+    local_positions[~attention_mask] = -1
+    is_image = (kinds == 0) & attention_mask
+    loss_mask = (kinds == 3) & attention_mask
+    n_patches = int(is_image[0].sum())
+    p_max = max(1, n_patches)
+    patches = torch.zeros(B, p_max, *PATCH_SHAPE)
+    patches[:, :n_patches] = (torch.rand(B, n_patches, *PATCH_SHAPE, generator=g) * 2 - 1) / 4
+    side = max(1, int(round(config.image_patches ** 0.5)))
+    idx = torch.arange(p_max) % max(1, config.image_patches)
+    rows = torch.stack(((idx // side) / side, (idx // side + 1) / side), -1).clamp(0, 1).float()
+    cols = torch.stack(((idx % side) / side, (idx % side + 1) / side), -1).clamp(0, 1).float()
+    return {
+        "tokens": tokens, "loss_mask": loss_mask, "attention_mask": attention_mask,
+        "local_positions": local_positions, "is_image": is_image, "patches": patches,
+        "patch_rows": rows.expand(B, p_max, 2).clone(), "patch_cols": cols.expand(B, p_max, 2).clone(),
+        "num_patches": torch.full((B,), n_patches, dtype=torch.long),
+    }
