@@ -1,0 +1,234 @@
+"""Stable-Baselines3 experts: train per the zoo recipe while recording every training episode,
+and load saved ``.zip`` checkpoints as batched experts.
+
+    from experts.sb3 import train_sb3, SB3Expert
+    path = train_sb3(get_task("dmc/cartpole-swingup"), recipe(...), out_dir, seed=0, on_episode=sink)
+    expert = SB3Expert.load(get_task("dmc/cartpole-swingup"), path)
+
+Recording: a callback reads each vector step from SB3's rollout loop (the observation the
+agent acted on is ``model._last_obs`` at callback time, the action the one sent to the env)
+and feeds the EpisodeRecorder, so episodes come out in completion order with the agent's
+env-step count. Rewards clipped for learning keep their raw value in ``info["raw_reward"]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from experts.base import ExpertError, check_spaces
+from experts.recorder import EpisodeRecorder
+from experts.registry import TaskEntry
+from experts.zoo import Recipe
+from shards import Episode
+
+logger = logging.getLogger(__name__)
+
+ALGORITHMS = {"ppo": "stable_baselines3:PPO", "sac": "stable_baselines3:SAC", "dqn": "stable_baselines3:DQN",
+              "a2c": "stable_baselines3:A2C", "td3": "stable_baselines3:TD3",
+              "qrdqn": "sb3_contrib:QRDQN", "tqc": "sb3_contrib:TQC"}
+# The policy module a saved model names -> its algorithm (when no provenance JSON sits beside it).
+POLICY_MODULES = {"stable_baselines3.sac": "sac", "stable_baselines3.dqn": "dqn", "stable_baselines3.td3": "td3",
+                  "sb3_contrib.qrdqn": "qrdqn", "sb3_contrib.tqc": "tqc", "stable_baselines3.common": "ppo"}
+
+
+class SB3Expert:
+    """A loaded SB3 model: one ``model.predict`` per vector step over the whole batch."""
+
+    kind = "sb3"
+
+    def __init__(self, model: Any, algo: str) -> None:
+        self.model, self.algo = model, algo
+
+    @classmethod
+    def load(cls, entry: TaskEntry, path: Path, env: gym.vector.VectorEnv | None = None) -> SB3Expert:
+        algo = _algorithm_of(path)
+        model = algorithm_class(algo).load(str(path), device="cpu")
+        obs_space, act_space = _task_spaces(entry, env)
+        check_spaces(str(path), obs_space, model.observation_space, "observation")
+        check_spaces(str(path), act_space, model.action_space, "action")
+        return cls(model, algo)
+
+    def act(self, obs_batch: Any, deterministic: bool = True) -> np.ndarray:
+        if isinstance(obs_batch, dict):  # BabyAI: the network sees the 148 ints only
+            obs_batch = obs_batch["discrete"]
+        actions, _ = self.model.predict(np.asarray(obs_batch), deterministic=deterministic)
+        return actions
+
+    def reset(self, env_indices) -> None:
+        pass
+
+
+def train_sb3(entry: TaskEntry, recipe: Recipe, out_dir: Path, seed: int,
+              on_episode: Callable[[Episode], Any] | None, run_id: str,
+              max_wall_seconds: float | None = None, progress: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Train per ``recipe``; returns the saved ``model.zip`` and facts for the provenance."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    if entry.domain == "babyai":
+        make = lambda i: _GridOnly(entry.make_single_env(seed + i))  # noqa: E731
+    else:
+        make = lambda i: entry.make_single_env(seed + i)  # noqa: E731
+    fns = [_env_fn(make, i, recipe.clip_reward) for i in range(recipe.n_envs)]
+    venv = DummyVecEnv(fns)
+    venv.seed(seed)
+    algo_cls = algorithm_class(recipe.algo)
+    model = algo_cls(recipe.policy, venv, seed=seed, device="cpu", verbose=0, **_hyperparams(recipe.hyperparams))
+    callback = RecordingCallback(entry, on_episode, run_id, seed, max_wall_seconds)
+    model.learn(total_timesteps=recipe.steps, callback=callback, progress_bar=progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "model.zip"
+    model.save(str(path))
+    venv.close()
+    return path, {"steps_done": int(model.num_timesteps), "stopped_early": callback.stopped_early,
+                  "training_episodes": callback.recorder.episodes_done if callback.recorder else 0}
+
+
+class RecordingCallback:
+    """SB3 callback feeding each rollout step to an EpisodeRecorder (built lazily: needs the env)."""
+
+    def __new__(cls, *args, **kwargs):
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        class _Recording(BaseCallback):
+            def __init__(self, entry, on_episode, run_id, seed, max_wall_seconds):
+                super().__init__()
+                self.entry, self.on_episode, self.run_id, self.seed = entry, on_episode, run_id, seed
+                self.max_wall_seconds = max_wall_seconds
+                self.recorder: EpisodeRecorder | None = None
+                self.stopped_early = False
+                self._transpose = False
+
+            def _on_training_start(self) -> None:
+                from stable_baselines3.common.vec_env import VecTransposeImage, is_vecenv_wrapped
+
+                self._start = time.perf_counter()
+                self._transpose = is_vecenv_wrapped(self.training_env, VecTransposeImage)
+                self.recorder = EpisodeRecorder(self.entry, self.training_env.num_envs, "training", self.run_id,
+                                                self.seed, on_episode=self.on_episode,
+                                                start_policy_steps=self.model.num_timesteps)
+
+            def _on_step(self) -> bool:
+                obs = getattr(self.model, "_last_original_obs", None)
+                if obs is None:
+                    obs = self.model._last_obs
+                if self._transpose:
+                    obs = np.transpose(obs, (0, 2, 3, 1))
+                if self.entry.domain == "babyai":
+                    obs = _babyai_obs(obs, self.locals["infos"])
+                actions = self.locals.get("clipped_actions", self.locals.get("actions"))
+                dones = np.asarray(self.locals["dones"], dtype=bool)
+                infos = self.locals["infos"]
+                truncated = np.array([bool(i.get("TimeLimit.truncated", False)) for i in infos]) & dones
+                self.recorder.add_step(obs, actions, self.locals["rewards"], dones & ~truncated, truncated, infos)
+                if self.max_wall_seconds and time.perf_counter() - self._start > self.max_wall_seconds:
+                    logger.warning("wall-time cap of %.0f s reached at %d steps", self.max_wall_seconds,
+                                   self.model.num_timesteps)
+                    self.stopped_early = True
+                    return False
+                return True
+
+        return _Recording(*args, **kwargs)
+
+
+def algorithm_class(algo: str):
+    if algo not in ALGORITHMS:
+        raise ExpertError(f"unknown SB3 algorithm {algo!r}; expected one of {sorted(ALGORITHMS)}")
+    module, name = ALGORITHMS[algo].split(":")
+    try:
+        return getattr(__import__(module, fromlist=[name]), name)
+    except ImportError as error:
+        package = "sb3-contrib" if module == "sb3_contrib" else "stable-baselines3"
+        raise ImportError(f"{algo} needs {package}: pip install -c requirements/constraints.txt {package}") from error
+
+
+class ClipReward(gym.RewardWrapper):
+    """Clip rewards to [-1, 1] for learning; ``info["raw_reward"]`` keeps the env's reward."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info = {**info, "raw_reward": float(reward)}
+        return obs, float(np.clip(reward, -1.0, 1.0)), terminated, truncated, info
+
+
+class _GridOnly(gym.Wrapper):
+    """BabyAI for an MLP: the 148 ints only; the mission goes to info for the recorder."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.observation_space = env.observation_space["discrete"]
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._mission = obs["mission"]
+        return obs["discrete"], info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info = {**info, "mission": self._mission}
+        self._mission = obs["mission"]
+        return obs["discrete"], reward, terminated, truncated, info
+
+
+def _babyai_obs(discrete: np.ndarray, infos: list[dict]) -> dict[str, Any]:
+    return {"discrete": discrete, "mission": tuple(i.get("mission", "") for i in infos)}
+
+
+def _env_fn(make: Callable[[int], gym.Env], i: int, clip_reward: bool) -> Callable[[], gym.Env]:
+    def build() -> gym.Env:
+        env = make(i)
+        return ClipReward(env) if clip_reward else env
+
+    return build
+
+
+def _hyperparams(raw: dict[str, Any]) -> dict[str, Any]:
+    """rl-zoo3 notation -> SB3 kwargs (``lin_<v>`` schedules)."""
+    out = {}
+    for key, value in raw.items():
+        if isinstance(value, str) and value.startswith("lin_"):
+            start = float(value[4:])
+            out[key] = lambda progress, start=start: progress * start
+        else:
+            out[key] = value
+    return out
+
+
+def _algorithm_of(path: Path) -> str:
+    provenance = path.with_suffix(".json")
+    if provenance.exists():
+        algo = json.loads(provenance.read_text()).get("algorithm")
+        if algo in ALGORITHMS:
+            return algo
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = json.loads(archive.read("data"))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
+        raise ExpertError(f"{path}: not an SB3 checkpoint ({error})") from None
+    module = data.get("policy_class", {}).get(":serialized:", "")
+    text = json.dumps(data.get("policy_class", {}))
+    for prefix, algo in POLICY_MODULES.items():
+        if prefix in text or prefix in module:
+            return algo
+    raise ExpertError(f"{path}: cannot tell which SB3 algorithm saved it; put a provenance JSON "
+                      f"({provenance.name} with 'algorithm') beside it")
+
+
+def _task_spaces(entry: TaskEntry, env: gym.vector.VectorEnv | None) -> tuple[gym.Space, gym.Space]:
+    if env is not None:
+        obs_space, act_space = env.single_observation_space, env.single_action_space
+    else:
+        single = entry.make_single_env(0)
+        obs_space, act_space = single.observation_space, single.action_space
+        single.close()
+    if isinstance(obs_space, gym.spaces.Dict) and "discrete" in obs_space.spaces:
+        obs_space = obs_space["discrete"]
+    return obs_space, act_space
