@@ -29,6 +29,7 @@ from trainer.tokenizer import StepLayout, StepTokens, text_token_lengths, tokeni
 log = logging.getLogger(__name__)
 
 OPEN_FILES = 16
+CACHED_ROW_GROUPS = 8
 
 
 @dataclass
@@ -110,10 +111,12 @@ class Catalog:
         self.layouts = {task: StepLayout.of(self.specs[task]) for task in self.task_names}
         self._footers: dict[int, np.ndarray] = {}
         self._open: OrderedDict[int, pq.ParquetFile] = OrderedDict()
+        self._groups: OrderedDict[tuple, pa.Table] = OrderedDict()
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_open"] = OrderedDict()
+        state["_groups"] = OrderedDict()
         return state
 
     @property
@@ -195,6 +198,23 @@ class Catalog:
             self._footers[file] = starts
         return starts
 
+    def _row_group(self, file: int, group: int, columns: list[str]) -> pa.Table:
+        """One decoded row group; the last few are kept, since small units share them."""
+        key = (file, group, tuple(columns))
+        table = self._groups.get(key)
+        if table is not None:
+            self._groups.move_to_end(key)
+            return table
+        try:
+            table = self._parquet(file).read_row_group(group, columns=columns, use_threads=False)
+        except (pa.ArrowInvalid, OSError, KeyError) as error:
+            root, name = self.files[file]
+            raise ShardError(f"{self.roots[root]}/{name}: row group {group} unreadable ({error})") from None
+        self._groups[key] = table
+        while len(self._groups) > CACHED_ROW_GROUPS:
+            self._groups.popitem(last=False)
+        return table
+
     def _read_rows(self, episodes: np.ndarray, columns: list[str]) -> pa.Table:
         """The rows of ``episodes`` (one file, ascending offsets), reading only the row groups
         and columns needed; a single slice when the episodes are contiguous."""
@@ -202,7 +222,6 @@ class Catalog:
         if len(files) != 1:
             raise AssertionError("a unit spans several files")
         file = int(files[0])
-        parquet = self._parquet(file)
         starts = self._row_group_starts(file)
         offsets = self.episode_offset[episodes]
         ends = offsets + self.episode_length[episodes]
@@ -212,10 +231,8 @@ class Catalog:
             raise ShardError(f"{self.roots[root]}/{name}: rows [{lo}, {hi}) requested but the file has {starts[-1]} rows")
         first = int(np.searchsorted(starts, lo, side="right") - 1)
         last = int(np.searchsorted(starts, hi - 1, side="right") - 1)
-        try:
-            table = parquet.read_row_groups(list(range(first, last + 1)), columns=columns, use_threads=False)
-        except (pa.ArrowInvalid, OSError, KeyError) as error:
-            raise ShardError(f"{self.roots[root]}/{name}: row groups {first}..{last} unreadable ({error})") from None
+        pieces = [self._row_group(file, group, columns) for group in range(first, last + 1)]
+        table = pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
         base = int(starts[first])
         if len(episodes) == 1 or np.array_equal(offsets[1:], ends[:-1]):
             return table.slice(lo - base, hi - lo)

@@ -247,7 +247,14 @@ class ShardSampler:
         if tokens is None:
             tokens = self.catalog.load_unit(stream.task, stream.units[unit], full=not self.dry)
             stream.pool[unit] = tokens
+            # keep at least two sequences' worth of tokens so a plan's pieces stay in memory
+            floor = 2 * self.settings.sequence_length
+            held = sum(t.num_tokens for t in stream.pool.values())
             while len(stream.pool) > stream.pool_size:
+                oldest = next(iter(stream.pool.values()))
+                if held - oldest.num_tokens < floor:
+                    break
+                held -= oldest.num_tokens
                 stream.pool.popitem(last=False)
         return tokens
 

@@ -1,0 +1,212 @@
+"""Gato's tokenizer against the paper's formulas: values, patches, timesteps, text models."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shards.manifest import ModalitySpec, TaskSpec
+from trainer.patches import image_to_patches
+from trainer.text_tokenizer import TextTokenizer, fit_text_model
+from trainer.tokenizer import (
+    IMAGE_PLACEHOLDER,
+    LAYOUT,
+    PAD,
+    SEPARATOR,
+    VOCAB_SIZE,
+    action_token_count,
+    action_token_ranges,
+    decode_action,
+    decode_continuous,
+    encode_action,
+    encode_continuous,
+    encode_discrete,
+    tokenize_observation,
+    tokenize_steps,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def paper_token(x: float) -> int:
+    """The paper's recipe for one value, written out with scalar math."""
+    f = math.copysign(math.log(abs(x) * 100 + 1) / math.log(256 * 100 + 1), x)
+    f = min(1.0, max(-1.0, f))
+    return 32000 + min(1023, int(math.floor((f + 1) / 2 * 1024)))
+
+
+def test_layout_ids_are_disjoint_and_in_one_place():
+    assert (LAYOUT.continuous_offset, LAYOUT.separator, LAYOUT.image_placeholder, LAYOUT.pad) == (32000, 33024, 33025, 33026)
+    assert LAYOUT.vocab_size == VOCAB_SIZE == 33027
+    assert len({SEPARATOR, IMAGE_PLACEHOLDER, PAD}) == 3
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -1.0, 1e6, -1e6, 1e-12, -1e-12, 3e-7, 0.5, -7.25, 255.9, 256.0, 257.0])
+def test_continuous_matches_the_formula(value):
+    assert int(encode_continuous(np.array([value]))[0]) == paper_token(value)
+
+
+def test_continuous_edges():
+    tokens = encode_continuous(np.array([0.0, 1e6, -1e6, 1e-12, -1e-12]))
+    assert tokens.dtype == np.int64
+    # 0 sits on the edge between bins 511 and 512; tiny values fall either side by sign
+    assert tokens.tolist() == [32512, 33023, 32000, 32512, 32511]
+    assert encode_continuous(np.zeros((3, 4, 5))).shape == (3, 4, 5)
+
+
+def test_every_bin_centre_round_trips_to_its_own_bin():
+    tokens = np.arange(32000, 33024)
+    centres = decode_continuous(tokens)
+    assert np.all(np.diff(centres) > 0)  # monotonic
+    assert np.array_equal(encode_continuous(centres), tokens)
+    # decoding inverts mu-law: the edge bins decode near +-M
+    assert 200 < centres[-1] < 256 and -256 < centres[0] < -200
+
+
+def test_decode_is_close_for_values_in_range():
+    values = np.linspace(-3, 3, 1001)
+    decoded = decode_continuous(encode_continuous(values))
+    assert np.max(np.abs(decoded - values)) < 0.05
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_raise(bad):
+    with pytest.raises(ValueError, match="non-finite"):
+        encode_continuous(np.array([0.0, bad]))
+
+
+def test_discrete_range():
+    assert encode_discrete(np.array([0, 5, 1023], np.int32)).tolist() == [0, 5, 1023]
+    for bad in ([-1], [1024], [0.5]):
+        with pytest.raises(ValueError, match=r"\[0, 1024\)"):
+            encode_discrete(np.array(bad))
+
+
+def test_patches_raster_order_scaling_and_intervals():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, size=(32, 48, 3), dtype=np.uint8)
+    patches, rows, cols = image_to_patches(frame)
+    assert patches.shape == (6, 3, 16, 16) and patches.dtype == np.float32
+    for p in range(6):
+        r, c = divmod(p, 3)
+        expected = frame[16 * r:16 * r + 16, 16 * c:16 * c + 16].transpose(2, 0, 1) / 255.0 * 2 - 1
+        np.testing.assert_allclose(patches[p], expected / 4, atol=1e-6)
+        np.testing.assert_allclose(rows[p], [r / 2, (r + 1) / 2])
+        np.testing.assert_allclose(cols[p], [c / 3, (c + 1) / 3])
+    extremes, _, _ = image_to_patches(np.array([[0, 255]] * 8, np.uint8).reshape(4, 4, 1))
+    assert extremes.min() == pytest.approx(-0.25) and extremes.max() == pytest.approx(0.25)
+
+
+def test_stacked_frames_are_channels_and_odd_sizes_are_padded():
+    frames = np.stack([np.full((84, 84), 10 * k, np.uint8) for k in range(4)], axis=-1)  # Atari 84x84x4
+    patches, rows, cols = image_to_patches(frames)
+    assert patches.shape == (36, 4, 16, 16)  # padded to 96x96
+    np.testing.assert_allclose(patches[0, 2], (20 / 255 * 2 - 1) / 4, atol=1e-6)
+    corner = patches[35]  # last patch: rows/cols 80..95, of which 84..95 are padding
+    np.testing.assert_allclose(corner[:, 4:, :], -0.25)
+    np.testing.assert_allclose(corner[:, :4, :4], (np.arange(4)[:, None, None] * 10 / 255 * 2 - 1) / 4 * np.ones((4, 4, 4)), atol=1e-6)
+    np.testing.assert_allclose(rows[35], [5 / 6, 1.0])
+
+
+def grid_spec() -> TaskSpec:
+    return TaskSpec(domain="grid", env_id="grid-v0",
+                    observation={"obs_discrete": ModalitySpec([3], "int32", n=11), "obs_continuous": ModalitySpec([2], "float32"),
+                                 "obs_image": ModalitySpec([16, 32, 2], "uint8"), "obs_text": ModalitySpec([], "string")},
+                    action={"act_discrete": ModalitySpec([1], "int32", n=7), "act_continuous": ModalitySpec([2], "float32", low=-1, high=1)})
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    from shards.synth import SynthConfig, synth_dataset
+
+    root = tmp_path_factory.mktemp("text") / "synth"
+    synth_dataset(root, SynthConfig(tasks=2, episodes=4, seed=1))
+    out = root.parent / "text.model"
+    summary = fit_text_model([str(root)], out)
+    assert summary["vocab_size"] < 32000  # small corpus -> small vocabulary
+    return TextTokenizer.load(out)
+
+
+def test_timestep_layout_and_masks(text_model):
+    spec = grid_spec()
+    rng = np.random.default_rng(0)
+    steps = {"obs_discrete": rng.integers(0, 11, (3, 3)).astype(np.int32),
+             "obs_continuous": rng.normal(size=(3, 2)).astype(np.float32),
+             "obs_image": rng.integers(0, 256, (3, 16, 32, 2), dtype=np.uint8),
+             "obs_text": ["go to the red ball", "", "go to the red ball"],
+             "act_discrete": np.array([[1], [2], [6]], np.int32),
+             "act_continuous": rng.uniform(-1, 1, (3, 2)).astype(np.float32)}
+    run = tokenize_steps(steps, spec, text_model)
+    text = text_model.encode("go to the red ball")
+    first = run.tokens[run.step_offsets[0]:run.step_offsets[1]]
+    # key order: continuous, discrete, image, text | separator | continuous, discrete actions
+    expected = np.concatenate([encode_continuous(steps["obs_continuous"][0]), steps["obs_discrete"][0],
+                               [IMAGE_PLACEHOLDER] * 2, text, [SEPARATOR],
+                               encode_continuous(steps["act_continuous"][0]), [1]])
+    assert first.tolist() == expected.tolist()
+    assert np.diff(run.step_offsets).tolist() == [len(expected), len(expected) - len(text), len(expected)]
+    loss = run.loss_mask[:len(expected)]
+    assert loss.tolist() == [False] * 7 + [True] * len(text) + [False] + [True] * 3
+    local = run.local_positions[:len(expected)]
+    assert local.tolist() == list(range(7 + len(text))) + [-1] * 4
+    obs = tokenize_observation({k: v[0] for k, v in steps.items() if k.startswith("obs_")}, spec, text_model)
+    assert obs.tokens.tolist() == expected[:7 + len(text) + 1].tolist()
+    assert obs.is_image.sum() == 2 and obs.patches.shape == (2, 4, 16, 16)
+    np.testing.assert_allclose(obs.patches[1, :2], image_to_patches(steps["obs_image"][0])[0][1])
+    assert not obs.patches[:, 2:].any()  # channels zero-padded to 4
+
+
+def test_actions_round_trip_and_ranges():
+    spec = grid_spec()
+    action = {"act_continuous": np.array([0.3, -0.9], np.float32), "act_discrete": np.array([5], np.int32)}
+    tokens = encode_action(action, spec)
+    assert action_token_count(spec) == 3 == len(tokens)
+    decoded = decode_action(tokens, spec)
+    np.testing.assert_allclose(decoded["act_continuous"], action["act_continuous"], atol=0.02)
+    assert decoded["act_discrete"].tolist() == [5]
+    assert action_token_ranges(spec).tolist() == [[32000, 33024], [32000, 33024], [0, 7]]
+    assert decode_action(np.array([33023, 32000, 999]), spec)["act_discrete"].tolist() == [6]  # clipped to n
+    with pytest.raises(ValueError, match="needs 3"):
+        decode_action(np.array([1, 2]), spec)
+
+
+def test_text_model_missing_raises():
+    steps = {"obs_discrete": np.zeros((1, 3), np.int32), "obs_continuous": np.zeros((1, 2), np.float32),
+             "obs_image": np.zeros((1, 16, 32, 2), np.uint8), "obs_text": ["hi"]}
+    with pytest.raises(ValueError, match="no text model"):
+        tokenize_steps(steps, grid_spec(), None, actions=False)
+
+
+def test_text_model_from_hub_cache_offline(text_model, tmp_path, monkeypatch):
+    """The hub path runs hf_hub_download for real, served from a cache laid out as the hub's."""
+    snapshot = tmp_path / "hub" / "models--gatoforge--text" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "tokenizer.model").write_bytes(text_model.model_bytes)
+    (tmp_path / "hub" / "models--gatoforge--text" / "refs").mkdir()
+    (tmp_path / "hub" / "models--gatoforge--text" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    loaded = TextTokenizer.load("gatoforge/text")
+    assert loaded.encode("go to the red ball").tolist() == text_model.encode("go to the red ball").tolist()
+    with pytest.raises(ValueError, match="hub could not provide"):
+        TextTokenizer.load("gatoforge/absent")
+    with pytest.raises(ValueError, match="not a hub id"):
+        TextTokenizer.load(str(tmp_path / "missing.model"))
+
+
+def test_fit_cli(synth_root, tmp_path):
+    out = tmp_path / "cli.model"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "trainer.tokenizer", "fit", str(synth_root), "--out", str(out), "--json"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert '"vocab_size"' in result.stdout and out.is_file()
+    ids = TextTokenizer.load(out).encode("pick up the blue key")
+    assert len(ids) and ids.max() < 32000
