@@ -175,10 +175,32 @@ def _train(root: Root, unit: WorkUnit, on_episode: _Stamper | None) -> dict[str,
     from experts.train import train
 
     with tempfile.TemporaryDirectory(prefix="gatoforge-train-") as scratch:
-        checkpoint = train(unit.task, budget=unit.budget, out_dir=scratch, seed=unit.seed, on_episode=on_episode)
-        relative = _store_checkpoint(root, unit, os.fspath(checkpoint))
+        checkpoint = os.fspath(train(unit.task, budget=unit.budget, out_dir=scratch, seed=unit.seed,
+                                     on_episode=on_episode, write_episodes=False))
+        provenance = _provenance_beside(checkpoint)
+        relative = _store_checkpoint(root, unit, checkpoint)
+        for path in _provenance_paths(checkpoint):
+            if os.path.isfile(path):
+                _store_checkpoint(root, unit, path)
     return {"checkpoint": relative, "budget": unit.budget,
-            "expert": {"kind": "train", "budget": unit.budget, "checkpoint": relative, "seed": unit.seed}}
+            "expert": {"kind": "train", "budget": unit.budget, "checkpoint": relative, "seed": unit.seed,
+                       "provenance": provenance}}
+
+
+def _provenance_paths(checkpoint: str) -> list[str]:
+    """experts.train writes its provenance JSON beside the checkpoint (model.json / <dir>.json)."""
+    base = checkpoint.rstrip("/")
+    return [os.path.splitext(base)[0] + ".json", base + ".json"]
+
+
+def _provenance_beside(checkpoint: str) -> dict[str, Any]:
+    for path in _provenance_paths(checkpoint):
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+            data.pop("versions", None)  # the manifest records software versions once
+            return data
+    return {}
 
 
 def _store_checkpoint(root: Root, unit: WorkUnit, local_path: str) -> str:
