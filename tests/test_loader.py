@@ -1,0 +1,262 @@
+"""The streaming loader: contract tensors, masks, prompts, sharding, mixture, exact resume."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from shards import Episode, Manifest, ModalitySpec, TaskSpec, write_dataset
+from shards.synth import SynthConfig, synth_dataset
+from trainer.data import DataConfig, GatoDataset, make_loader
+from trainer.text_tokenizer import fit_text_model
+from trainer.tokenizer import IMAGE_PLACEHOLDER, PAD, SEPARATOR
+
+CONTRACT = {
+    "tokens": (torch.int64, ()), "loss_mask": (torch.bool, ()), "attention_mask": (torch.bool, ()),
+    "local_positions": (torch.int64, ()), "is_image": (torch.bool, ()),
+}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    """8 tasks (two per synthetic domain) and a text model fitted on them."""
+    root = tmp_path_factory.mktemp("loader") / "synth"
+    synth_dataset(root, SynthConfig(tasks=8, episodes=30, seed=3, min_length=5, max_length=40))
+    model = root.parent / "text.model"
+    fit_text_model([str(root)], model)
+    return str(root), str(model)
+
+
+def config(synth, **changes) -> DataConfig:
+    root, model = synth
+    return DataConfig(roots=[root], text_model=model, **{"sequence_length": 256, "shuffle_buffer": 8, **changes})
+
+
+def take(iterable, count):
+    out = []
+    for item in iterable:
+        out.append(item)
+        if len(out) == count:
+            break
+    return out
+
+
+def test_batches_follow_the_contract(synth):
+    loader = make_loader(config(synth, observation_targets=True), batch_size=4)
+    batch = next(iter(loader))
+    dataset = loader.dataset
+    for key, (dtype, _) in CONTRACT.items():
+        assert batch[key].dtype == dtype and batch[key].shape == (4, 256), key
+    p_max = dataset.max_patches
+    assert batch["patches"].shape == (4, p_max, 4, 16, 16) and batch["patches"].dtype == torch.float32
+    assert batch["patch_rows"].shape == batch["patch_cols"].shape == (4, p_max, 2)
+    assert batch["num_patches"].shape == (4,)
+    assert torch.equal(batch["is_image"].sum(1), batch["num_patches"])
+    assert batch["patches"].abs().max() <= 0.25 + 1e-6
+    assert batch["obs_target_mask"].shape == (4, 256)
+    # obs targets: observation tokens that are not loss targets
+    assert not (batch["obs_target_mask"] & batch["loss_mask"]).any()
+    assert (batch["local_positions"][batch["obs_target_mask"]] >= 0).all()
+
+
+def test_masks_only_on_actions_and_text(synth):
+    dataset = GatoDataset(config(synth, provenance=True))
+    catalog = dataset.catalog
+    for sample in take(dataset, 60):
+        tokens, loss, local = sample["tokens"], sample["loss_mask"], sample["local_positions"]
+        real = sample["attention_mask"]
+        assert real.all() or (~real[real.sum():]).all()  # padding only at the end
+        assert not loss[tokens == SEPARATOR].any() and not loss[tokens == PAD].any()
+        assert not loss[tokens == IMAGE_PLACEHOLDER].any()
+        action = real & (local == -1) & (tokens != SEPARATOR)
+        assert loss[action].all()  # every action token is a target
+        task = catalog.task_names[int(catalog.episode_task[int(sample["token_episode"][0])])]
+        observed_targets = loss & (local >= 0)
+        if catalog.layouts[task].has_text:  # text tokens follow the 12 discrete values of a synth-grid step
+            assert (local[observed_targets] >= 12).all() and observed_targets.any()
+        else:
+            assert not observed_targets.any()  # continuous/discrete/image observations are never targets
+        assert (tokens[~loss & real & (local >= 0)] != SEPARATOR).all()
+
+
+def test_prompt_rate_and_end_uniform_split(synth):
+    dataset = GatoDataset(config(synth, sequence_length=128, provenance=True, shuffle_buffer=1))
+    catalog = dataset.catalog
+    kinds = Counter()
+    starts = {}
+    for sample in take(dataset, 1600):
+        kind = int(sample["prompt_kind"])
+        kinds[kind] += 1
+        if kind:
+            prompt = sample["is_prompt"]
+            episode = sample["token_episode"][prompt]
+            main_episode = int(sample["token_episode"][~prompt][0])
+            assert len(set(episode.tolist())) == 1 and int(episode[0]) != main_episode  # another episode
+            number = int(episode[0])
+            assert catalog.episode_task[number] == catalog.episode_task[main_episode]
+            assert catalog.episode_source[number] == catalog.episode_source[main_episode]
+            starts.setdefault(kind, []).append(int(sample["token_offset"][prompt][0]))
+            if kind == 1:  # from the end: the prompt's last token is its episode's last
+                layout = catalog.layouts[catalog.task_names[int(catalog.episode_task[number])]]
+                if not layout.has_text:
+                    total = int(catalog.episode_length[number]) * layout.min_step_tokens
+                    assert int(sample["token_offset"][prompt][-1]) == total - 1
+    prompted = kinds[1] + kinds[2]
+    assert 0.21 <= prompted / 1600 <= 0.29, kinds
+    assert 0.4 <= kinds[1] / prompted <= 0.6, kinds
+    assert np.mean(starts[2]) < np.mean(starts[1])  # uniform prompts start earlier on average
+
+
+def test_no_window_twice_across_two_workers_and_two_ranks(synth):
+    seen = []
+    for rank in range(2):
+        dataset = GatoDataset(config(synth, passes=1, provenance=True, prompt_probability=0.0), rank=rank, world_size=2)
+        loader = DataLoader(dataset, batch_size=None, num_workers=2)
+        seen += [(rank, s["token_episode"][s["attention_mask"]].numpy(), s["token_offset"][s["attention_mask"]].numpy(),
+                  s["local_positions"].numpy()) for s in loader]
+    catalog = dataset.catalog
+    starts = Counter((int(ep[0]), int(off[0])) for _, ep, off, _ in seen)
+    assert max(starts.values()) == 1  # no sequence starts at the same place twice
+    coverage = Counter()
+    for _, episode, offset, _ in seen:
+        coverage.update(zip(episode.tolist(), offset.tolist()))
+    # every token of every episode is served; only a sequence's final, cut timestep repeats
+    total = 0
+    for number in range(catalog.num_episodes):
+        task = catalog.task_names[int(catalog.episode_task[number])]
+        layout = catalog.layouts[task]
+        if not layout.has_text:
+            total += int(catalog.episode_length[number]) * layout.min_step_tokens
+    covered_no_text = sum(1 for (ep, _) in coverage
+                          if not catalog.layouts[catalog.task_names[int(catalog.episode_task[ep])]].has_text)
+    assert covered_no_text == total
+    assert max(coverage.values()) <= 2
+    ranks_of = {}
+    for rank, episode, _, _ in seen:
+        for number in set(episode.tolist()):
+            ranks_of.setdefault(number, set()).add(rank)
+    assert all(len(r) == 1 for r in ranks_of.values())  # an episode belongs to one rank per epoch
+    padding = sum(len(s[3]) - len(s[1]) for s in seen) / sum(len(s[3]) for s in seen)
+    assert padding < 0.05
+
+
+def test_exact_resume_with_workers(synth):
+    def run(loader, count):
+        return [b for _, b in zip(range(count), loader)]
+
+    first = make_loader(config(synth, provenance=True), batch_size=3, num_workers=2)
+    run(first, 5)
+    state = first.state_dict()
+    expected = run(first, 4)  # a second iter() continues where the first stopped
+    resumed = make_loader(config(synth, provenance=True), batch_size=3, num_workers=2)
+    resumed.load_state_dict(state)
+    got = run(resumed, 4)
+    for a, b in zip(expected, got):
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    other = make_loader(config(synth, seed=1), batch_size=3, num_workers=2)
+    with pytest.raises(ValueError, match="fingerprint"):
+        other.load_state_dict(state)
+
+
+def test_exact_resume_in_process(synth):
+    dataset = GatoDataset(config(synth, provenance=True, shuffle_buffer=16))
+    take(dataset, 37)
+    state = dataset.state_dict()
+    rest = take(dataset, 60)[37:]  # a fresh iter() starts over; sequences 38..60
+    again = GatoDataset(config(synth, provenance=True, shuffle_buffer=16))
+    again.load_state_dict(state)
+    for a, b in zip(rest, take(again, 23)):
+        assert torch.equal(a["tokens"], b["tokens"]) and torch.equal(a["patches"], b["patches"])
+
+
+def test_mixture_default_and_upweighted(synth, tmp_path):
+    dataset = GatoDataset(config(synth, provenance=True, shuffle_buffer=1, sequence_length=64))
+    assert all(w == pytest.approx(1 / 8) for w in dataset.weights.values())
+    mixture = tmp_path / "mixture.yaml"
+    mixture.write_text("domains:\n  synth-state: 3\ntasks:\n  synth-grid/task-1: 0\n")
+    weighted = GatoDataset(config(synth, mixture=str(mixture), weight=("synth-arm/task-3=3",), provenance=True,
+                                  shuffle_buffer=1, sequence_length=64))
+    w = weighted.weights
+    assert w["synth-state/task-0"] == pytest.approx(3 / 12) and w["synth-grid/task-1"] == 0
+    assert w["synth-grid/task-5"] == pytest.approx(1 / 6) and w["synth-arm/task-3"] == pytest.approx(1 / 6 * 3 / 4)
+    counts = Counter()
+    catalog = weighted.catalog
+    for sample in take(weighted, 1200):
+        counts[catalog.task_names[int(catalog.episode_task[int(sample["token_episode"][~sample["is_prompt"]][0])])]] += 1
+    assert counts["synth-grid/task-1"] == 0
+    assert abs(counts["synth-state/task-0"] / 1200 - 0.25) < 0.05
+    with pytest.raises(ValueError, match="not in the datasets"):
+        GatoDataset(config(synth, weight=("atari=2",)))
+
+
+def atari_like_episode(task: str, index: int, length: int) -> Episode:
+    rng = np.random.default_rng(index)
+    frames = np.zeros((length, 84, 84, 4), np.uint8)
+    frames[:, 10:20, 30:40, :] = rng.integers(0, 255, (length, 1, 1, 4), dtype=np.uint8)
+    return Episode(task=task, steps={"obs_image": frames, "act_discrete": rng.integers(0, 6, (length, 1)).astype(np.int32)},
+                   rewards=np.zeros(length, np.float32), terminated=np.eye(1, length, length - 1, dtype=bool)[0],
+                   truncated=np.zeros(length, bool), run_id="run", run_index=index, source="training")
+
+
+def test_row_group_units_images_and_uri_roots(tmp_path):
+    """An image task whose step file has many row groups, read through a file:// URI root."""
+    task = "atari/pong"
+    spec = TaskSpec(domain="atari", env_id="ALE/Pong-v5", observation={"obs_image": ModalitySpec([84, 84, 4], "uint8")},
+                    action={"act_discrete": ModalitySpec([1], "int32", n=6)})
+    root = tmp_path / "atari"
+    from shards import StepFileWriter, index_table, write_index, write_manifest
+
+    with StepFileWriter(root, task, "part-0", spec.modalities, row_group_bytes=3_000_000) as writer:
+        for i in range(12):
+            writer.add(atari_like_episode(task, i, 40 + i))
+    write_index(root, index_table(writer.index_rows))
+    write_manifest(root, Manifest(name="atari", tasks={task: spec}))
+    dataset = GatoDataset(DataConfig(roots=[f"file://{root}"], sequence_length=512, passes=1, provenance=True,
+                                     prompt_probability=0.0, shuffle_buffer=4))
+    units = dataset.catalog.units(task, 1)
+    assert 2 <= len(units) < 12  # grouped by row group, several episodes each
+    samples = list(dataset)
+    served = sum(int(s["attention_mask"].sum()) for s in samples)
+    assert served >= sum(40 + i for i in range(12)) * 38  # 36 patches + separator + action per step
+    sample = samples[0]
+    n = int(sample["num_patches"])
+    assert n == int(sample["is_image"].sum()) and n > 36
+    episode = int(sample["token_episode"][0])
+    first_offset = int(sample["token_offset"][0])
+    assert first_offset % 38 == 0  # sequences start on a timestep
+    step = first_offset // 38
+    run_index = _run_index(dataset, episode)
+    frames = atari_like_episode(task, run_index, 40 + run_index).steps["obs_image"]
+    from trainer.patches import image_to_patches
+
+    expected, rows, cols = image_to_patches(frames[step])
+    torch.testing.assert_close(sample["patches"][:36], torch.from_numpy(expected))
+    torch.testing.assert_close(sample["patch_rows"][:36], torch.from_numpy(rows))
+    assert sample["local_positions"][:38].tolist() == list(range(36)) + [-1, -1]
+
+
+def _run_index(dataset: GatoDataset, episode: int) -> int:
+    from shards.reader import Dataset
+
+    root = Dataset(dataset.catalog.roots[0])
+    index = root.index.to_pylist()
+    wanted = int(dataset.catalog.episode_id[episode])
+    return next(r["run_index"] for r in index if r["episode_id"] == wanted)
+
+
+def test_bad_inputs_give_clear_errors(synth, tmp_path):
+    root, _ = synth
+    with pytest.raises(ValueError, match="obs_text"):
+        GatoDataset(DataConfig(roots=[root]))
+    with pytest.raises(ValueError, match="prompt_probability"):
+        GatoDataset(config(synth, prompt_probability=2.0))
+    with pytest.raises(ValueError, match="too small"):
+        dataset = GatoDataset(config(synth, passes=1), rank=0, world_size=1)
+        from trainer.sequences import ShardSampler
+
+        ShardSampler(dataset.catalog, dataset.weights, dataset.settings, shard=299, num_shards=300)
