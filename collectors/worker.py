@@ -72,7 +72,9 @@ def run_unit(root_uri: str, unit: WorkUnit, trained: dict[str, Any] | None = Non
     except BaseException:
         writer.abort()
         raise
+    closing = time.time()
     rows = writer.close()
+    extra["finish_seconds"] = round(time.time() - closing, 4)
     summary = {
         "unit_id": unit.unit_id, "task": unit.task, "kind": unit.kind, "name": unit.name, "seed": unit.seed,
         "episodes": len(rows), "steps": int(sum(r["length"] for r in rows)),
@@ -168,7 +170,7 @@ def _rollout(root: Root, unit: WorkUnit, entry: Any, trained: dict[str, Any] | N
         provenance.update({"checkpoint": trained.get("checkpoint"), "trained_by": trained.get("unit_id"),
                            "budget": trained.get("budget")})
     return {"expert": provenance, "mean_return": result.mean_return, "success_rate": result.success_rate,
-            "rollout_steps_per_s": round(result.steps_per_second, 1)}
+            "loop_seconds": round(result.seconds, 4)}
 
 
 def _train(root: Root, unit: WorkUnit, on_episode: _Stamper | None) -> dict[str, Any]:
