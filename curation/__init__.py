@@ -29,7 +29,7 @@ def select(config: SelectConfig) -> tuple[Selection, Root]:
     src = Root.of(config.src)
     dst = check_destination(src, config.out, config.overwrite)
     manifest = read_manifest(src)
-    index = read_index(src)
+    index = read_index(src, dictionary=True)  # strings as dictionaries: fast to read and take
     selection = plan_selection(index, manifest, config, where=src.uri)
     report = None
     if config.report:

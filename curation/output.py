@@ -19,8 +19,8 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from tqdm import tqdm
 
 from curation.select import CurationError, Selection
@@ -48,7 +48,7 @@ def check_destination(src: Root, out: str, overwrite: bool) -> Root:
 def write_selection(selection: Selection, src: Root, manifest: Manifest, dst: Root,
                     report: Callable[[Selection, Root], None] | None = None) -> None:
     """Write DST: index, dataset.json (with lineage and reference returns), optional report."""
-    kept_index = selection.index.filter(pa.array(selection.keep))
+    kept_index = selection.kept_index()
     out_manifest = output_manifest(selection, src, manifest)
     with staged_root(dst) as stage:
         if selection.config.materialize:
@@ -64,10 +64,10 @@ def write_selection(selection: Selection, src: Root, manifest: Manifest, dst: Ro
 
 def output_manifest(selection: Selection, src: Root, manifest: Manifest) -> Manifest:
     """SRC's task specs for the tasks that keep episodes, with expert and random returns set."""
-    kept_tasks = set(pc.unique(selection.index.filter(pa.array(selection.keep))["task"]).to_pylist())
+    kept = np.bincount(selection.task_code[selection.keep], minlength=len(selection.tasks))
     tasks = {}
     for code, task in enumerate(selection.tasks):
-        if task not in kept_tasks:
+        if not kept[code]:
             continue
         spec = copy.deepcopy(manifest.tasks[task])
         spec.expert_return = float(selection.task_expert[code])
@@ -77,11 +77,15 @@ def output_manifest(selection: Selection, src: Root, manifest: Manifest) -> Mani
                     lineage=selection.lineage(src.uri, manifest.lineage))
 
 
-def absolute_files(files: pa.ChunkedArray, src: Root) -> pa.Array:
-    """SRC-relative ``file`` values -> absolute paths or URIs (working on the few distinct values)."""
-    encoded = files.combine_chunks().dictionary_encode()
-    names = [_absolute(name, src) for name in encoded.dictionary.to_pylist()]
-    return pa.DictionaryArray.from_arrays(encoded.indices, pa.array(names, pa.string())).cast(pa.string())
+def absolute_files(files: pa.ChunkedArray, src: Root) -> pa.ChunkedArray:
+    """SRC-relative ``file`` values -> absolute paths or URIs, dictionary-encoded (only the
+    few distinct values are rewritten)."""
+    chunks = []
+    for chunk in files.chunks:
+        encoded = chunk if pa.types.is_dictionary(chunk.type) else chunk.dictionary_encode()
+        names = pa.array([_absolute(name, src) for name in encoded.dictionary.to_pylist()], pa.string())
+        chunks.append(pa.DictionaryArray.from_arrays(encoded.indices, names))
+    return pa.chunked_array(chunks, pa.dictionary(pa.int32(), pa.string()))
 
 
 @contextlib.contextmanager

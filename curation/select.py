@@ -41,6 +41,7 @@ import fnmatch
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -144,13 +145,15 @@ class SelectConfig:
 class Selection:
     """What select decided, in collection order, enough to write the output and the report.
 
-    ``index`` holds SRC's candidate rows sorted by task, run_id, run_index; groups are back
-    to back in it. Per-group arrays are indexed by group number.
+    ``rows`` are the positions in SRC's index of the candidate episodes sorted by task,
+    run_id, run_index; groups are back to back in that order. Per-group arrays are indexed
+    by group number.
     """
 
     config: SelectConfig
     tasks: list[str]  # selected tasks, sorted; task codes index this list
-    index: pa.Table  # (n,) candidate rows in collection order
+    source_index: pa.Table  # SRC's whole index, as read
+    rows: np.ndarray  # (n,) candidate positions in source_index, in collection order
     returns: np.ndarray  # (n,) float64
     lengths: np.ndarray  # (n,) int64
     task_code: np.ndarray  # (n,) int
@@ -169,6 +172,15 @@ class Selection:
     random_from: list[str | None]  # (T,) "episodes" | "manifest" | None
     totals: dict[str, tuple[int, int]]  # task -> (episodes, steps) in SRC
     capped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # (n,) dropped by the cap
+
+    @cached_property
+    def index(self) -> pa.Table:
+        """(n,) the candidate rows in collection order."""
+        return self.source_index.take(self.rows)
+
+    def kept_index(self) -> pa.Table:
+        """The kept rows in collection order (what DST's episodes.parquet holds)."""
+        return self.source_index.take(self.rows[self.keep])
 
     def task_rows(self) -> list[dict[str, Any]]:
         """One summary row per selected task (what select prints and records)."""
@@ -209,9 +221,9 @@ class Selection:
                 "steps_kept": row["kept_steps"], "baseline": row["baseline"], "cutoff": row["cutoff"],
             }
         groups = []
-        for g in range(self.group_count.size):
-            begin = int(self.group_start[g] + self.windows.start[g])
-            first = self.index.slice(begin, 1).to_pylist()[0]
+        firsts = self.source_index.select(["run_id", "run_index"]).take(
+            self.rows[self.group_start + self.windows.start]).to_pylist()
+        for g, first in enumerate(firsts):
             groups.append({
                 "task": self.tasks[int(self.group_task[g])], "run_id": self.group_run[g],
                 "episodes": int(self.group_count[g]), "window": int(self.windows.width[g]),
@@ -247,30 +259,47 @@ class Selection:
 
 
 def plan_selection(index: pa.Table, manifest: Manifest, config: SelectConfig, where: str = "SRC") -> Selection:
-    """Decide what to keep from SRC's index alone (no I/O); raises CurationError on bad input."""
-    unknown = sorted(set(pc.unique(index["task"]).to_pylist()) - set(manifest.tasks) - {None})
+    """Decide what to keep from SRC's index alone (no I/O); raises CurationError on bad input.
+
+    String columns are turned into small integer codes once (one hash pass each); all the
+    rest is numpy over (N,) arrays.
+    """
+    all_tasks = sorted(manifest.tasks)
+    task_all, task_names = _codes(index["task"], "task", where)
+    unknown = sorted(set(task_names) - set(all_tasks) - {""})
     if unknown:
         raise CurationError(f"{where}: index has task(s) {unknown[:5]} that dataset.json does not list")
     tasks = _match_tasks(list(manifest.tasks), config.tasks)
-    totals = _task_totals(index)
-    random_return, random_from = _random_returns(index, manifest, tasks)
+    # task code of every row in `tasks` order (-1: not selected)
+    to_selected = np.array([tasks.index(t) if t in tasks else -1 for t in task_names] + [-1], dtype=np.int64)
+    task_of = to_selected[task_all]
+    source_all, source_names = _codes(index["source"], "source", where)
+    returns_all = index["return"].to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    lengths_all = index["length"].to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    all_code = np.array([all_tasks.index(t) if t else 0 for t in task_names] + [0], dtype=np.int64)[task_all]
+    totals = _task_totals(all_tasks, all_code, lengths_all)
+    random_return, random_from = _random_returns(manifest, tasks, task_of, source_all == _find(source_names, "random"),
+                                                 returns_all)
 
-    task_values = pa.array(tasks, pa.string())
-    mask = pc.and_(pc.is_in(index["task"], task_values), pc.is_in(index["source"], pa.array(list(config.sources))))
+    allowed = np.array([name in config.sources for name in source_names] + [False])
+    mask = (task_of >= 0) & allowed[source_all]
     if config.min_length:
-        mask = pc.and_(mask, pc.greater_equal(index["length"], config.min_length))
-    candidates = index.filter(mask)
-    task_code = pc.index_in(candidates["task"], value_set=task_values).to_numpy(zero_copy_only=False)
+        mask &= lengths_all >= config.min_length
+    rows = np.flatnonzero(mask)
+    task_code = task_of[rows]
     _check_empty(tasks, np.bincount(task_code, minlength=len(tasks)), totals, config, where)
 
-    runs = sorted(pc.unique(candidates["run_id"]).to_pylist())
-    run_code = pc.index_in(candidates["run_id"], value_set=pa.array(runs, pa.string())).to_numpy(zero_copy_only=False)
-    run_index = candidates["run_index"].to_numpy(zero_copy_only=False)
+    run_all, run_names = _codes(index["run_id"], "run_id", where)
+    run_rank = np.empty(len(run_names) + 1, dtype=np.int64)
+    run_rank[np.argsort(np.array(run_names, dtype=object), kind="stable")] = np.arange(len(run_names))
+    run_code = run_rank[run_all[rows]]
+    run_index = index["run_index"].to_numpy(zero_copy_only=False)[rows]
     order = _collection_order(task_code, run_code, run_index)
     if order is not None:
-        candidates, task_code, run_code = candidates.take(order), task_code[order], run_code[order]
-    returns = candidates["return"].to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-    lengths = candidates["length"].to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        rows, task_code, run_code = rows[order], task_code[order], run_code[order]
+    returns = returns_all[rows]
+    lengths = lengths_all[rows]
+    runs = sorted(run_names)
 
     task_counts = np.bincount(task_code, minlength=len(tasks))
     task_window = window_sizes(task_counts, config.window, config.frac, config.max_window)
@@ -315,7 +344,7 @@ def plan_selection(index: pa.Table, manifest: Manifest, config: SelectConfig, wh
     for code in np.flatnonzero(np.bincount(task_code[keep], minlength=len(tasks)) == 0):
         logger.warning("task %r keeps no episode; it is left out of the output", tasks[code])
     return Selection(
-        config=config, tasks=tasks, index=candidates, returns=returns, lengths=lengths, task_code=task_code,
+        config=config, tasks=tasks, source_index=index, rows=rows, returns=returns, lengths=lengths, task_code=task_code,
         keep=keep, group_start=start, group_count=count, group_task=gtask, group_run=group_run,
         windows=windows, baseline_kind=kind, baseline=baseline, cutoff=cut, task_expert=task_windows.mean,
         task_window=task_window, random_return=random_return, random_from=random_from, totals=totals,
@@ -331,23 +360,49 @@ def _match_tasks(names: list[str], globs: tuple[str, ...]) -> list[str]:
     return chosen
 
 
-def _task_totals(index: pa.Table) -> dict[str, tuple[int, int]]:
-    grouped = index.group_by("task").aggregate([("length", "count"), ("length", "sum")]).to_pydict()
-    return {t: (int(n), int(s or 0)) for t, n, s in zip(grouped["task"], grouped["length_count"], grouped["length_sum"])}
+def _codes(column: pa.ChunkedArray, name: str, where: str) -> tuple[np.ndarray, list[str]]:
+    """(N,) int64 codes into a list of the distinct values, one hash pass per chunk.
+
+    The last code, len(values), is never produced; callers append a sentinel entry to their
+    lookup tables so fancy indexing needs no special case.
+    """
+    position: dict[str, int] = {}
+    pieces = []
+    for chunk in column.chunks:
+        encoded = chunk if pa.types.is_dictionary(chunk.type) else chunk.dictionary_encode()
+        if encoded.null_count:
+            raise CurationError(f"{where}: index column {name} has null values")
+        local = np.array([position.setdefault(v, len(position)) for v in encoded.dictionary.to_pylist()] + [-1],
+                         dtype=np.int64)
+        pieces.append(local[encoded.indices.to_numpy(zero_copy_only=False)])
+    codes = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    used = np.bincount(codes, minlength=len(position)) > 0  # a dictionary may hold values no row uses
+    values = [v if used[i] else "" for i, v in enumerate(position)]
+    return codes, values
 
 
-def _random_returns(index: pa.Table, manifest: Manifest, tasks: list[str]) -> tuple[list[float | None], list[str | None]]:
+def _find(names: list[str], value: str) -> int:
+    """Code of ``value``, or a code no row has."""
+    return names.index(value) if value in names else -2
+
+
+def _task_totals(all_tasks: list[str], code: np.ndarray, lengths: np.ndarray) -> dict[str, tuple[int, int]]:
+    episodes = np.bincount(code, minlength=len(all_tasks))
+    steps = np.bincount(code, weights=lengths, minlength=len(all_tasks))
+    return {t: (int(episodes[i]), int(steps[i])) for i, t in enumerate(all_tasks)}
+
+
+def _random_returns(manifest: Manifest, tasks: list[str], task_of: np.ndarray, is_random: np.ndarray,
+                    returns: np.ndarray) -> tuple[list[float | None], list[str | None]]:
     """Per task: mean return of source=random episodes, else the manifest's random_return."""
-    randoms = index.filter(pc.equal(index["source"], "random"))
-    measured = {}
-    if randoms.num_rows:
-        grouped = randoms.group_by("task").aggregate([("return", "mean")]).to_pydict()
-        measured = dict(zip(grouped["task"], grouped["return_mean"]))
+    picked = is_random & (task_of >= 0)
+    counts = np.bincount(task_of[picked], minlength=len(tasks))
+    sums = np.bincount(task_of[picked], weights=returns[picked], minlength=len(tasks))
     values: list[float | None] = []
     origins: list[str | None] = []
-    for task in tasks:
-        if task in measured:
-            values.append(float(measured[task]))
+    for code, task in enumerate(tasks):
+        if counts[code]:
+            values.append(float(sums[code] / counts[code]))
             origins.append("episodes")
         elif manifest.tasks[task].random_return is not None:
             values.append(float(manifest.tasks[task].random_return))
@@ -375,14 +430,22 @@ def _check_empty(tasks: list[str], counts: np.ndarray, totals: dict[str, tuple[i
 
 
 def _collection_order(task_code: np.ndarray, run_code: np.ndarray, run_index: np.ndarray) -> np.ndarray | None:
-    """Permutation sorting by task, run_id, run_index (stable), or None if already sorted."""
+    """Permutation sorting by task, run_id, run_index (stable), or None if already sorted.
+
+    The three keys are packed into one int64 when they fit (one stable argsort, which is
+    fast on an index made of sorted fragments), else np.lexsort.
+    """
     if task_code.size < 2:
         return None
-    t, r, i = task_code.astype(np.int64), run_code.astype(np.int64), run_index.astype(np.int64)
-    later = (np.diff(t) > 0) | ((np.diff(t) == 0) & ((np.diff(r) > 0) | ((np.diff(r) == 0) & (np.diff(i) >= 0))))
-    if later.all():
-        return None
-    return np.lexsort((i, r, t))
+    low = int(run_index.min())
+    span_index = int(run_index.max()) - low + 1
+    span_run = int(run_code.max()) + 1
+    if (int(task_code.max()) + 1) * span_run * span_index < 2**62:
+        key = (task_code.astype(np.int64) * span_run + run_code) * span_index + (run_index.astype(np.int64) - low)
+        if (key[1:] >= key[:-1]).all():
+            return None
+        return np.argsort(key, kind="stable")
+    return np.lexsort((run_index, run_code, task_code))
 
 
 def _check_widths(widths: np.ndarray, counts: np.ndarray, names: list[str], config: SelectConfig) -> None:

@@ -99,14 +99,18 @@ class Dataset:
         return table_to_episode(table, row, spec.image_shape)
 
 
-def read_index(root: str | Root) -> pa.Table:
+def read_index(root: str | Root, dictionary: bool = False) -> pa.Table:
+    """The episode index. With ``dictionary`` its string columns come back dictionary-encoded:
+    the same values, about twice as fast to read and far cheaper to take rows from
+    (curation reads million-row indexes this way; write_index writes such tables as is)."""
     root = Root.of(root)
     path = root.path(INDEX_FILE)
     if not root.exists(INDEX_FILE):
         raise ShardError(f"{path}: not found (is {root.uri} a GatoForge dataset root?)")
+    encoded = [f.name for f in INDEX_SCHEMA if pa.types.is_string(f.type)] if dictionary else None
     try:
         with root.fs.open_input_file(path) as handle:
-            table = pq.read_table(handle)
+            table = pq.read_table(handle, read_dictionary=encoded)
     except (pa.ArrowInvalid, OSError) as error:
         raise ShardError(f"{path}: unreadable Parquet ({error})") from None
     missing = [f.name for f in INDEX_SCHEMA if f.name not in table.column_names]

@@ -106,10 +106,23 @@ class StepFileWriter:
 
 
 def write_index(root: str | Root, table: pa.Table, relative: str = INDEX_FILE) -> None:
-    """Write an episode index (or an index fragment) atomically."""
-    table = table.cast(INDEX_SCHEMA)
+    """Write an episode index (or an index fragment) atomically.
+
+    String columns may be dictionary-encoded (as ``read_index(dictionary=True)`` returns
+    them): they are written without decoding and read back as plain strings.
+    """
+    encoded = [f.name for f in INDEX_SCHEMA if pa.types.is_string(f.type) and f.name in table.column_names
+               and pa.types.is_dictionary(table.schema.field(f.name).type)
+               and table.schema.field(f.name).type.value_type.equals(f.type)]
+    if encoded and table.column_names == INDEX_SCHEMA.names:
+        table = pa.table([table[f.name] if f.name in encoded else table[f.name].cast(f.type) for f in INDEX_SCHEMA],
+                         names=INDEX_SCHEMA.names)
+    else:
+        encoded = []
+        table = table.cast(INDEX_SCHEMA)
     with atomic_write(Root.of(root), relative) as sink:
-        pq.write_table(table, sink, compression=COMPRESSION)
+        # Without the Arrow schema in the file, readers see the encoded columns as strings.
+        pq.write_table(table, sink, compression=COMPRESSION, store_schema=not encoded)
 
 
 def index_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
