@@ -180,12 +180,12 @@ class GatoEmbedding(nn.Module):
         """tokens, local_positions, is_image: (B, T); patches (N, C_max, 16, 16) in the order of
         the True entries of is_image (row-major); patch_rows/cols (N, 2)."""
         x = self.wte(tokens)  # (B, T, C)
-        if patches.shape[0]:
-            bins = self.config.position_bins
-            pe = self.patch(patches.to(x.dtype))  # (N, C)
-            pe = pe + self.row(interval_bins(patch_rows, bins, self.training))
-            pe = pe + self.col(interval_bins(patch_cols, bins, self.training))
-            x = x.index_put((is_image,), pe.to(x.dtype))  # placeholders -> patch vectors
+        # runs even for N = 0, so every parameter is in the graph (DDP needs that)
+        bins = self.config.position_bins
+        pe = self.patch(patches.to(x.dtype))  # (N, C)
+        pe = pe + self.row(interval_bins(patch_rows, bins, self.training))
+        pe = pe + self.col(interval_bins(patch_cols, bins, self.training))
+        x = x.index_put((is_image,), pe.to(x.dtype))  # placeholders -> patch vectors
         is_obs = (local_positions >= 0).unsqueeze(-1)  # (B, T, 1) observation tokens only
         local = self.local(local_positions.clamp(0, self.config.max_obs_tokens - 1))
         return x + local * is_obs
