@@ -27,7 +27,7 @@ Command = Union[
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    command = tyro.cli(Command, args=argv)
+    command = tyro.cli(Command, args=argv, prog="python -m curation")
     from shards import ManifestError, ShardError
 
     try:

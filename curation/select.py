@@ -42,11 +42,10 @@ import logging
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import tyro
 
 from curation.windows import Windows, best_windows, cutoffs, group_starts, window_mask, window_sizes
@@ -71,7 +70,7 @@ class CurationError(ValueError):
 class SelectConfig:
     """Select episodes of SRC into a new dataset root DST (a view over SRC's step files)."""
 
-    src: tyro.conf.Positional[str]
+    src: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SRC")]
     """source dataset root (local path or URI); never modified"""
     out: str
     """destination dataset root; refused if it exists unless --overwrite"""
@@ -88,7 +87,8 @@ class SelectConfig:
     group: Literal["task", "run"] = "task"
     """compute the expert return per task (Gato) or per training run of a task"""
     baseline: Literal["auto", "random", "zero", "min"] = "auto"
-    """what the threshold is relative to (see the rules in the module docs)"""
+    """cutoff = B + t (R_expert - B); auto: B = random return if known and below R_expert, else 0 if
+    R_expert > 0, else the group's lowest return"""
     sources: tuple[Source, ...] = ("training", "rollout", "scripted")
     """episode sources that may be selected (random episodes still give the random return)"""
     tasks: tuple[str, ...] = ("*",)
@@ -271,12 +271,14 @@ def plan_selection(index: pa.Table, manifest: Manifest, config: SelectConfig, wh
         raise CurationError(f"{where}: index has task(s) {unknown[:5]} that dataset.json does not list")
     tasks = _match_tasks(list(manifest.tasks), config.tasks)
     # task code of every row in `tasks` order (-1: not selected)
-    to_selected = np.array([tasks.index(t) if t in tasks else -1 for t in task_names] + [-1], dtype=np.int64)
+    selected_code = {t: i for i, t in enumerate(tasks)}
+    manifest_code = {t: i for i, t in enumerate(all_tasks)}
+    to_selected = np.array([selected_code.get(t, -1) for t in task_names] + [-1], dtype=np.int64)
     task_of = to_selected[task_all]
     source_all, source_names = _codes(index["source"], "source", where)
     returns_all = index["return"].to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
     lengths_all = index["length"].to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    all_code = np.array([all_tasks.index(t) if t else 0 for t in task_names] + [0], dtype=np.int64)[task_all]
+    all_code = np.array([manifest_code.get(t, 0) for t in task_names] + [0], dtype=np.int64)[task_all]
     totals = _task_totals(all_tasks, all_code, lengths_all)
     random_return, random_from = _random_returns(manifest, tasks, task_of, source_all == _find(source_names, "random"),
                                                  returns_all)

@@ -9,7 +9,7 @@ Reads only dataset.json and episodes.parquet.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import pyarrow as pa
 import tyro
@@ -21,7 +21,7 @@ from shards import Dataset
 class StatsConfig:
     """Print episodes, steps, return mean/max, expert return and kept fraction per task."""
 
-    root: tyro.conf.Positional[str]
+    root: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="ROOT")]
     """dataset root (local path or URI)"""
     json: bool = False
     """print the table as JSON"""

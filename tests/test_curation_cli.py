@@ -282,3 +282,24 @@ def test_python_dash_m_smoke(src, tmp_path):
     assert again.returncode == 2 and again.stderr.strip().splitlines()[-1].startswith("error: ")
     shards_check = subprocess.run([sys.executable, "-m", "shards", "validate", str(dst)], capture_output=True, text=True)
     assert shards_check.returncode == 0, shards_check.stdout
+
+
+def test_uri_roots(src, tmp_path, capsys):
+    dst = tmp_path / "uri"
+    summary = select_json(capsys, f"file://{src}", "--out", f"file://{dst}", "--mode", "window")
+    assert validate(dst) == [] and summary["episodes_kept"] == Dataset(dst).index.num_rows
+    assert read_manifest(dst).lineage["source"] == f"file://{src}"
+
+
+def test_dictionary_index_round_trip(src, tmp_path):
+    """shards.read_index(dictionary=True) + write_index, the path select takes, keep plain strings on disk."""
+    import pyarrow as pa
+
+    from shards import INDEX_SCHEMA, read_index, write_index
+
+    encoded = read_index(src, dictionary=True)
+    assert pa.types.is_dictionary(encoded.schema.field("task").type)
+    write_index(tmp_path, encoded.take(np.arange(0, encoded.num_rows, 2)))
+    back = read_index(tmp_path)
+    assert back.schema.equals(INDEX_SCHEMA)
+    assert back.to_pylist() == read_index(src).take(np.arange(0, encoded.num_rows, 2)).to_pylist()
