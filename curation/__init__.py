@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from curation.output import check_destination, write_selection
+from curation.output import check_destination, check_not_referenced, write_selection
 from curation.select import NEGATIVE_RETURN_RULE, CurationError, SelectConfig, Selection, plan_selection
 from shards import Root, read_index, read_manifest
 
@@ -30,6 +30,8 @@ def select(config: SelectConfig) -> tuple[Selection, Root]:
     dst = check_destination(src, config.out, config.overwrite)
     manifest = read_manifest(src)
     index = read_index(src, dictionary=True)  # strings as dictionaries: fast to read and take
+    if config.overwrite:
+        check_not_referenced(dst, index)
     selection = plan_selection(index, manifest, config, where=src.uri)
     report = None
     if config.report:

@@ -45,6 +45,19 @@ def check_destination(src: Root, out: str, overwrite: bool) -> Root:
     return dst
 
 
+def check_not_referenced(dst: Root, index: pa.Table) -> None:
+    """Refuse to replace a DST that holds step files SRC's index points at (SRC is a view of it)."""
+    if not (dst.is_local and os.path.lexists(dst.base)):
+        return
+    inside = os.path.realpath(dst.base) + os.sep
+    for chunk in index["file"].chunks:
+        names = (chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk.unique()).to_pylist()
+        used = [n for n in names if n.startswith("/") and os.path.realpath(n).startswith(inside)]
+        if used:
+            raise CurationError(f"--out {dst.uri} holds step files SRC refers to (e.g. {used[0]}); "
+                                "replacing it would destroy SRC's episodes: choose another --out")
+
+
 def write_selection(selection: Selection, src: Root, manifest: Manifest, dst: Root,
                     report: Callable[[Selection, Root], None] | None = None) -> None:
     """Write DST: index, dataset.json (with lineage and reference returns), optional report."""

@@ -188,7 +188,6 @@ class Selection:
         kept_per_task = np.bincount(self.task_code[self.keep], minlength=len(self.tasks))
         steps_per_task = np.bincount(self.task_code[self.keep], weights=self.lengths[self.keep], minlength=len(self.tasks))
         candidates = np.bincount(self.task_code, minlength=len(self.tasks))
-        candidate_steps = np.bincount(self.task_code, weights=self.lengths, minlength=len(self.tasks))
         single = self.config.group == "task"
         for code, task in enumerate(self.tasks):
             total, total_steps = self.totals.get(task, (0, 0))

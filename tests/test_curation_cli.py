@@ -303,3 +303,12 @@ def test_dictionary_index_round_trip(src, tmp_path):
     back = read_index(tmp_path)
     assert back.schema.equals(INDEX_SCHEMA)
     assert back.to_pylist() == read_index(src).take(np.arange(0, encoded.num_rows, 2)).to_pylist()
+
+
+def test_overwrite_refuses_to_destroy_the_files_a_view_src_reads(src, tmp_path, capsys):
+    base, view = Path(shutil.copytree(src, tmp_path / "base")), tmp_path / "view"
+    select_json(capsys, base, "--out", view)
+    before = tree_hash(base)
+    code, _, err = run(capsys, "select", view, "--out", base, "--overwrite")
+    assert code == 2 and "refers to" in err
+    assert tree_hash(base) == before and validate(view) == []
