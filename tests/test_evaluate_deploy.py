@@ -1,0 +1,164 @@
+"""Evaluation: a prompted Gato acting in real envs (a gymnasium CartPole, a registry BabyAI level)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from shards import Dataset, Episode, Manifest, ModalitySpec, TaskSpec, write_dataset
+from trainer.deploy import GatoAgent, demonstration_prompt, load_agent_model
+from trainer.evaluate import EvalConfig, evaluate, main, normalized_score
+from trainer.tokenizer import action_token_ranges
+from trainer.train import parse_config, train
+
+REPO = Path(__file__).resolve().parents[1]
+CARTPOLE = "gym/cartpole"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class CartPoleEnv:
+    """A real gymnasium CartPole speaking shard columns (the EvalEnv protocol)."""
+
+    def __init__(self, seed: int) -> None:
+        self.env = gym.make("CartPole-v1", max_episode_steps=60)
+
+    def reset(self, seed: int):
+        obs, _ = self.env.reset(seed=seed)
+        return {"obs_continuous": obs.astype(np.float32)}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, _ = self.env.step(int(action["act_discrete"][0]))
+        return {"obs_continuous": obs.astype(np.float32)}, float(reward), terminated or truncated, bool(truncated)
+
+    def close(self):
+        self.env.close()
+
+
+def cartpole_env(task: str, seed: int, spec: TaskSpec) -> CartPoleEnv:
+    assert task == CARTPOLE
+    return CartPoleEnv(seed)
+
+
+def cartpole_dataset(root: Path, episodes: int = 12) -> None:
+    """Episodes of a simple balancing rule (push towards the pole's lean) and of random actions."""
+    env = gym.make("CartPole-v1", max_episode_steps=60)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=i)
+        observations, actions, rewards = [], [], []
+        while True:
+            action = int(obs[2] + 0.5 * obs[3] > 0) if i % 3 else int(rng.integers(2))
+            observations.append(obs.astype(np.float32))
+            actions.append([action])
+            obs, reward, terminated, truncated, _ = env.step(action)
+            rewards.append(reward)
+            if terminated or truncated:
+                break
+        n = len(rewards)
+        rows.append(Episode(task=CARTPOLE, steps={"obs_continuous": np.stack(observations),
+                                                  "act_discrete": np.asarray(actions, np.int32)},
+                            rewards=np.asarray(rewards, np.float32), terminated=np.eye(n, dtype=bool)[-1] & (n < 60),
+                            truncated=np.eye(n, dtype=bool)[-1] & (n >= 60), run_id="rule" if i % 3 else "random",
+                            run_index=i, source="scripted" if i % 3 else "random", policy_steps=-1, seed=i,
+                            success=n >= 60))
+    spec = TaskSpec(domain="gym", env_id="CartPole-v1", observation={"obs_continuous": ModalitySpec([4], "float32")},
+                    action={"act_discrete": ModalitySpec([1], "int32", n=2)}, expert_return=60.0, random_return=20.0)
+    write_dataset(root, rows, Manifest(name="cartpole", tasks={CARTPOLE: spec}))
+
+
+@pytest.fixture(scope="module")
+def cartpole_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("eval")
+    cartpole_dataset(base / "data")
+    config = parse_config(["--data", str(base / "data"), "--out", str(base / "run"), "--config",
+                           str(REPO / "trainer/configs/gato-tiny.yaml"), "--loader.sequence-length", "64",
+                           "--batch-size", "2", "--steps", "2", "--warmup-steps", "1", "--no-progress", "--threads", "1"])
+    train(config)
+    return base
+
+
+def test_normalized_score_synthetic():
+    assert normalized_score(60.0, 60.0, 20.0) == pytest.approx(100.0)
+    assert normalized_score(20.0, 60.0, 20.0) == pytest.approx(0.0)
+    assert normalized_score(40.0, 60.0, 20.0) == pytest.approx(50.0)
+    assert normalized_score(-7.5, -5.0, -10.0) == pytest.approx(50.0)  # negative returns
+    assert normalized_score(10.0, None, 0.0) is None and normalized_score(1.0, 3.0, 3.0) is None
+
+
+def test_evaluation_end_to_end_cartpole(cartpole_run, capsys):
+    out = cartpole_run / "report"
+    rows = evaluate(EvalConfig(checkpoint=str(cartpole_run / "run"), tasks=[CARTPOLE], episodes=3, out=str(out),
+                               progress=False), env_factory=cartpole_env)
+    (row,) = rows
+    assert row["episodes"] == 3 and row["task"] == CARTPOLE
+    assert row["mean_return"] == pytest.approx(row["mean_length"])  # CartPole pays 1 per step
+    assert row["normalized_score"] == pytest.approx(100 * (row["mean_return"] - 20.0) / 40.0)
+    assert row["prompt_tokens"] > 0 and row["prompt_tokens"] <= 16  # 25% of the 64-token context
+    for name in ("eval.csv", "eval.md", "eval.json", "eval.png"):
+        assert (out / name).stat().st_size > 0
+    assert json.loads((out / "eval.json").read_text())["rows"][0]["task"] == CARTPOLE
+    # the CLI, with the factory named module:function, prints JSON
+    assert main(["--checkpoint", str(cartpole_run / "run"), "--episodes", "1", "--env-factory",
+                 f"{__name__}:cartpole_env", "--out", str(out), "--json", "--no-progress"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["rows"][0]["episodes"] == 1
+    assert main(["--checkpoint", str(cartpole_run / "run"), "--tasks", "atari/pong", "--env-factory",
+                 f"{__name__}:cartpole_env"]) == 2
+    assert "not in the checkpoint's datasets" in capsys.readouterr().err
+
+
+def test_agent_samples_only_valid_action_tokens_and_prompts_whole_steps(cartpole_run):
+    model, info = load_agent_model(cartpole_run / "run")
+    dataset = Dataset(info["data_roots"][0])
+    spec = dataset.manifest.tasks[CARTPOLE]
+    prompt, episode_id = demonstration_prompt(dataset, CARTPOLE, spec, None, max_tokens=20, where="end")
+    assert len(prompt) == 18 and prompt.tokens[4] == 33024  # 3 whole timesteps of 4 obs + | + 1 action
+    assert dataset.episode(episode_id).success is True
+    agent = GatoAgent(model, spec, None, context=64, temperature=1.0, seed=0)
+    agent.reset(prompt)
+    env = CartPoleEnv(0)
+    obs = env.reset(0)
+    seen = set()
+    for _ in range(40):  # more tokens than the context: the cache rolls
+        action = agent.act(obs)
+        low, high = action_token_ranges(spec)[0]
+        assert low <= agent.last_action_tokens[0] < high
+        seen.add(int(action["act_discrete"][0]))
+        obs, _, done, _ = env.step(action)
+        if done:
+            obs = env.reset(1)
+    assert len(agent.cache) == 64 and seen <= {0, 1}
+
+
+def test_registry_env_babyai(tmp_path):
+    """The experts registry's BabyAI level, bot demonstrations, a checkpoint, two episodes."""
+    from experts.registry import get_task
+    from experts.rollout import rollout
+    from trainer.text_tokenizer import fit_text_model
+
+    task = "babyai/GoToRedBall"
+    episodes = []
+    rollout(task, "scripted", num_envs=1, episodes=3, seed=0, on_episode=episodes.append)
+    write_dataset(tmp_path / "data", episodes, Manifest(name="babyai", tasks={task: get_task(task).task_spec()}))
+    fit_text_model([str(tmp_path / "data")], str(tmp_path / "text.model"))
+    train(parse_config(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--config",
+                        str(REPO / "trainer/configs/gato-tiny.yaml"), "--loader.text-model", str(tmp_path / "text.model"),
+                        "--loader.sequence-length", "256", "--batch-size", "1", "--steps", "1", "--warmup-steps", "0",
+                        "--no-progress", "--threads", "1"]))
+    (row,) = evaluate(EvalConfig(checkpoint=str(tmp_path / "run"), tasks=[task], episodes=2, max_steps=20,
+                                 prompt_tokens=200, progress=False))
+    assert row["episodes"] == 2 and row["success_rate"] is not None and row["mean_length"] <= 20
+    assert row["prompt_tokens"] > 0

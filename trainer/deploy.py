@@ -1,0 +1,209 @@
+"""Acting with a trained Gato, as the paper deploys it (section 2.4).
+
+    from trainer.deploy import GatoAgent, load_agent_model, demonstration_prompt
+    model, info = load_agent_model("runs/tiny")                 # a checkpoint or a run directory
+    agent = GatoAgent(model, spec, text_model, context=info["context"])
+    agent.reset(demonstration_prompt(dataset, task, spec, text_model, max_tokens=64))
+    action = agent.act(obs_columns)                             # {"act_discrete": array([...])}
+
+Each ``act``: tokenize the observation (tokens end with the separator), run only the new
+tokens through the model against a KV cache, then sample the action tokens one at a time,
+each among the ids valid for its position of the action spec, feeding each back in; decode
+them by inverting the tokenizer. The cache keeps the last ``context`` tokens (Gato: 1024).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from shards import Dataset, TaskSpec
+from trainer.checkpoint import load_checkpoint
+from trainer.model import Gato, GatoConfig, KVCache
+from trainer.patches import frames_to_raw_patches, patch_intervals, scale_patches
+from trainer.text_tokenizer import TextTokenizer
+from trainer.tokenizer import (
+    MAX_CHANNELS,
+    action_token_ranges,
+    decode_action,
+    tokenize_observation,
+    tokenize_steps,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenChunk:
+    """Tokens to feed the model, with what the embedding needs (numpy, one sequence)."""
+
+    tokens: np.ndarray           # (n,) int64
+    local_positions: np.ndarray  # (n,) int64
+    is_image: np.ndarray         # (n,) bool
+    patches: np.ndarray          # (P, 4, 16, 16) float32
+    patch_rows: np.ndarray       # (P, 2)
+    patch_cols: np.ndarray       # (P, 2)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @classmethod
+    def empty(cls) -> TokenChunk:
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool),
+                   np.zeros((0, MAX_CHANNELS, 16, 16), np.float32), np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32))
+
+    def __add__(self, other: TokenChunk) -> TokenChunk:
+        return TokenChunk(*(np.concatenate((a, b)) for a, b in zip(self.astuple(), other.astuple())))
+
+    def astuple(self) -> tuple[np.ndarray, ...]:
+        return (self.tokens, self.local_positions, self.is_image, self.patches, self.patch_rows, self.patch_cols)
+
+
+class GatoAgent:
+    """One episode-at-a-time Gato policy with a rolling KV cache."""
+
+    def __init__(self, model: Gato, spec: TaskSpec, text_model: TextTokenizer | None, context: int = 1024,
+                 temperature: float = 1.0, seed: int = 0, max_text_tokens: int = 128) -> None:
+        if context > model.config.block_size:
+            raise ValueError(f"context={context} exceeds the model's block_size={model.config.block_size}")
+        if temperature < 0:
+            raise ValueError(f"temperature={temperature}: expected >= 0 (0 = greedy)")
+        self.model = model.eval()
+        self.spec = spec
+        self.text_model = text_model
+        self.context = context
+        self.temperature = temperature
+        self.max_text_tokens = max_text_tokens
+        self.ranges = action_token_ranges(spec)  # (A, 2) valid [low, high) per action token
+        self.device = next(model.parameters()).device
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.cache = KVCache(model.config.n_layer, context)
+        self.pending = TokenChunk.empty()  # tokens to feed with the next observation
+
+    def reset(self, prompt: TokenChunk | None = None) -> None:
+        """Start an episode: empty the cache; the prompt goes in with the first observation."""
+        self.cache.reset()
+        self.pending = TokenChunk.empty() if prompt is None else prompt
+        if len(self.pending) > self.context:
+            raise ValueError(f"prompt of {len(self.pending)} tokens exceeds the context of {self.context}")
+
+    @torch.no_grad()
+    def act(self, observation: dict[str, Any]) -> dict[str, np.ndarray]:
+        """One env action (dict of act_* columns) for one observation (dict of obs_* columns)."""
+        obs = tokenize_observation(observation, self.spec, self.text_model, self.max_text_tokens)
+        chunk = self.pending + TokenChunk(obs.tokens, obs.local_positions, obs.is_image, obs.patches,
+                                          obs.patch_rows, obs.patch_cols)
+        self.pending = TokenChunk.empty()
+        if len(chunk) > self.context:  # a prompt plus a first observation: keep the latest tokens
+            chunk = _tail(chunk, self.context)
+        sampled = []
+        for low, high in self.ranges:
+            allowed = torch.arange(int(low), int(high), device=self.device)
+            logits = self._feed(chunk, allowed)  # (1, high - low)
+            sampled.append(int(low) + self._sample(logits))
+            chunk = _action_token(sampled[-1])
+        self.pending = chunk  # the last action token goes in with the next observation
+        self.last_action_tokens = np.asarray(sampled, dtype=np.int64)
+        return decode_action(self.last_action_tokens, self.spec)
+
+    def _feed(self, chunk: TokenChunk, allowed: torch.Tensor) -> torch.Tensor:
+        t = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in chunk.astuple()]
+        return self.model.next_token_logits(t[0][None], t[1][None], t[2][None], t[3], t[4], t[5], self.cache, allowed)
+
+    def _sample(self, logits: torch.Tensor) -> int:
+        if self.temperature == 0:
+            return int(logits[0].argmax())
+        probs = torch.softmax(logits[0].float() / self.temperature, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+def demonstration_prompt(dataset: Dataset, task: str, spec: TaskSpec, text_model: TextTokenizer | None,
+                         max_tokens: int, where: str = "end", max_text_tokens: int = 128,
+                         episode_id: int | None = None) -> tuple[TokenChunk, int]:
+    """Whole timesteps of a successful demonstration of ``task``, at most ``max_tokens`` tokens:
+    its last timesteps (``where="end"``, the goal-conditioning prompt the loader trains with) or
+    its first ones (``"start"``, Gato's default). Returns the tokens and the episode id.
+
+    The demonstration is the task's highest-return episode with success=True, or the
+    highest-return one when the dataset records no success."""
+    if where not in ("start", "end"):
+        raise ValueError(f"prompt position {where!r}: expected 'start' or 'end'")
+    if episode_id is None:
+        episode_id = best_episode(dataset, task)
+    episode = dataset.episode(episode_id)
+    run = tokenize_steps(episode.steps, spec, text_model, actions=True, max_text_tokens=max_text_tokens)
+    offsets = run.step_offsets
+    if where == "start":
+        last = int(np.searchsorted(offsets, max_tokens, side="right")) - 1
+        first = 0
+    else:
+        last = run.num_steps
+        first = int(np.searchsorted(offsets, offsets[-1] - max_tokens, side="left"))
+    if last <= first:
+        return TokenChunk.empty(), episode_id
+    start, end = int(offsets[first]), int(offsets[last])
+    tokens = run.tokens[start:end].astype(np.int64)
+    is_image = np.zeros(len(tokens), bool)
+    patches, rows, cols = TokenChunk.empty().astuple()[3:]
+    if run.frames is not None:
+        layout = run.layout
+        for step in range(first, last):
+            at = int(offsets[step]) - start + layout.image_start
+            is_image[at:at + layout.patches] = True
+        raw = frames_to_raw_patches(run.frames[first:last])  # (T, P, C, 16, 16)
+        patches = np.zeros((raw.shape[0] * raw.shape[1], MAX_CHANNELS, 16, 16), np.float32)
+        scale_patches(raw.reshape(-1, *raw.shape[2:]), out=patches[:, :raw.shape[2]])
+        r, c = patch_intervals(run.frames.shape[1:3])
+        rows, cols = np.tile(r, (last - first, 1)), np.tile(c, (last - first, 1))
+    return TokenChunk(tokens, run.local_positions[start:end].astype(np.int64), is_image, patches, rows, cols), episode_id
+
+
+def best_episode(dataset: Dataset, task: str) -> int:
+    """The id of the task's best successful episode (or best by return)."""
+    index = dataset.index.filter(_equals(dataset.index, "task", task)).to_pydict()
+    if not index["episode_id"]:
+        raise ValueError(f"no episodes of task {task!r} in {dataset!r} (tasks: {dataset.tasks})")
+    candidates = range(len(index["episode_id"]))
+    successful = [i for i in candidates if index["success"][i]]
+    pool = successful or list(candidates)
+    best = max(pool, key=lambda i: index["return"][i])
+    return int(index["episode_id"][best])
+
+
+def load_agent_model(checkpoint: str | Path, device: str = "cpu") -> tuple[Gato, dict[str, Any]]:
+    """The model of a checkpoint (or a run directory's latest) plus what evaluation needs from it."""
+    state = load_checkpoint(checkpoint, map_location=device)
+    model = Gato(GatoConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    train = state.get("train_config", {})
+    loader = train.get("loader", {})
+    info = {"path": state["path"], "step": state["step"], "data_roots": state["data_roots"],
+            "text_model": state.get("text_model"), "max_text_tokens": state.get("max_text_tokens", 128),
+            "context": int(loader.get("sequence_length", model.config.block_size)),
+            "prompt_fraction": float(loader.get("prompt_fraction", 0.25))}
+    return model, info
+
+
+def _tail(chunk: TokenChunk, n: int) -> TokenChunk:
+    drop = len(chunk) - n
+    dropped_patches = int(chunk.is_image[:drop].sum())
+    return TokenChunk(chunk.tokens[drop:], chunk.local_positions[drop:], chunk.is_image[drop:],
+                      chunk.patches[dropped_patches:], chunk.patch_rows[dropped_patches:], chunk.patch_cols[dropped_patches:])
+
+
+def _action_token(token: int) -> TokenChunk:
+    empty = TokenChunk.empty()
+    return TokenChunk(np.asarray([token], np.int64), np.asarray([-1], np.int64), np.zeros(1, bool),
+                      empty.patches, empty.patch_rows, empty.patch_cols)
+
+
+def _equals(table, column: str, value: str):
+    import pyarrow.compute as pc
+
+    return pc.equal(table[column], value)
