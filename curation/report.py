@@ -42,7 +42,7 @@ def write_report(selection: Selection, root: Root) -> str:
         root.write_bytes(png, _plot_task(selection, code, int(starts[code]), int(counts[code])))
         runs = _run_rows(selection, int(starts[code]), int(counts[code]))
         sections.append(
-            f"<h2 id='{html.escape(plot_name(task))}'>{html.escape(task)}</h2>\n"
+            f"<h2 id='{html.escape(plot_name(task)[:-4])}'>{html.escape(task)}</h2>\n"
             f"<img src='{html.escape(png)}' alt='returns of {html.escape(task)} in collection order'>\n"
             + _html_table(runs)
         )
