@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from curation.select import NEGATIVE_RETURN_RULE, Selection  # noqa: E402
 from curation.windows import group_starts  # noqa: E402
@@ -37,7 +38,7 @@ def write_report(selection: Selection, root: Root) -> str:
     counts = np.bincount(selection.task_code, minlength=len(selection.tasks))
     starts = group_starts(counts)
     sections = []
-    for code, task in enumerate(selection.tasks):
+    for code, task in enumerate(tqdm(selection.tasks, desc="report", unit="task", leave=False)):
         png = f"{PLOT_DIR}/{plot_name(task)}"
         root.write_bytes(png, _plot_task(selection, code, int(starts[code]), int(counts[code])))
         runs = _run_rows(selection, int(starts[code]), int(counts[code]))

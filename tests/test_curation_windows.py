@@ -175,7 +175,7 @@ def brute_plan(rows, manifest, config: SelectConfig) -> set[int]:
 @pytest.mark.parametrize("group", ["task", "run"])
 def test_plan_matches_brute_force(mode, group):
     rng = np.random.default_rng({"threshold": 1, "window": 2}[mode] * 10 + {"task": 0, "run": 1}[group])
-    checked = 0
+    checked, kinds = 0, set()
     for case in range(40):
         index, manifest, rows = random_index(rng, int(rng.integers(1, 5)))
         config = SelectConfig(src="src", out="dst", mode=mode, group=group,
@@ -189,6 +189,7 @@ def test_plan_matches_brute_force(mode, group):
         except CurationError as error:  # a task can lose every episode to --min-length
             assert "none of its" in str(error) or "keeps no episode" in str(error)
             continue
+        kinds.update(selection.baseline_kind)
         got = set(selection.index.filter(selection.keep)["episode_id"].to_pylist())
         want = brute_plan(rows, manifest, config)
         if mode == "threshold":
@@ -201,6 +202,8 @@ def test_plan_matches_brute_force(mode, group):
             assert got == want, case
         checked += 1
     assert checked >= 25  # the few cases that raise must not hide the comparison
+    if mode == "threshold":  # every branch of the negative-return rule was exercised
+        assert kinds == {"random", "zero", "min"}
 
 
 def test_cap_keeps_highest_returns_per_task():
