@@ -51,7 +51,7 @@ def test_batches_follow_the_contract(synth):
     dataset = loader.dataset
     for key, (dtype, _) in CONTRACT.items():
         assert batch[key].dtype == dtype and batch[key].shape == (4, 256), key
-    p_max = dataset.max_patches
+    p_max = max(1, int(batch["num_patches"].max()))  # make_loader pads patches to the batch's most
     assert batch["patches"].shape == (4, p_max, 4, 16, 16) and batch["patches"].dtype == torch.float32
     assert batch["patch_rows"].shape == batch["patch_cols"].shape == (4, p_max, 2)
     assert batch["num_patches"].shape == (4,)
@@ -61,6 +61,11 @@ def test_batches_follow_the_contract(synth):
     # obs targets: observation tokens that are not loss targets
     assert not (batch["obs_target_mask"] & batch["loss_mask"]).any()
     assert (batch["local_positions"][batch["obs_target_mask"]] >= 0).all()
+    # per-sequence iteration pads to a fixed P_max, so torch's default collate stacks them
+    fixed = next(iter(DataLoader(GatoDataset(config(synth)), batch_size=4)))
+    assert fixed["patches"].shape == (4, dataset.max_patches, 4, 16, 16)
+    fixed_batches = make_loader(config(synth, max_patches=700), batch_size=2)
+    assert next(iter(fixed_batches))["patches"].shape == (2, 700, 4, 16, 16)
 
 
 def test_masks_only_on_actions_and_text(synth):

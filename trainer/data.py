@@ -140,10 +140,12 @@ class GatoDataset(IterableDataset):
     Shards its work over DataLoader workers and distributed ranks (``rank``/``world_size``,
     default from torch.distributed when it is initialized)."""
 
-    def __init__(self, config: DataConfig, rank: int | None = None, world_size: int | None = None) -> None:
+    def __init__(self, config: DataConfig, rank: int | None = None, world_size: int | None = None,
+                 batch_size: int | None = None) -> None:
         super().__init__()
         config.validate()
         self.config = config
+        self.batch_size = batch_size
         if rank is None or world_size is None:
             rank, world_size = _distributed_rank()
         if not 0 <= rank < world_size:
@@ -184,58 +186,76 @@ class GatoDataset(IterableDataset):
             sampler.fast_forward(iterator, skip)
         if info is None:
             self._consumed = [skip]
-        for plan, assembled in iterator:
-            sample = self.to_sample(assembled)
+        group = self.batch_size or 1
+        shared = info is not None  # in a worker: build tensors in shared memory, saving a copy
+        while True:
+            sequences = [assembled for _, (_, assembled) in zip(range(group), iterator)]
+            if not sequences:
+                return
             if info is None:
-                self._consumed[0] += 1
-                self._real_tokens += int(len(assembled.tokens))
-                self._total_tokens += self.config.sequence_length
-            yield sample
+                self._consumed[0] += len(sequences)
+                self._real_tokens += sum(len(seq.tokens) for seq in sequences)
+                self._total_tokens += self.config.sequence_length * len(sequences)
+            if self.batch_size is None:
+                batch = self.collate(sequences, self.max_patches, shared)
+                yield {key: value[0] for key, value in batch.items()}
+            else:
+                yield self.collate(sequences, self.config.max_patches, shared)
 
-    def to_sample(self, seq: Assembled) -> dict[str, torch.Tensor]:
-        """Pad an assembled sequence to L tokens and P_max patches, as torch tensors."""
-        length, count = self.config.sequence_length, len(seq.tokens)
-        tokens = np.full(length, PAD, np.int64)
-        tokens[:count] = seq.tokens
-        loss_mask = np.zeros(length, bool)
-        loss_mask[:count] = seq.loss_mask
-        attention = np.zeros(length, bool)
-        attention[:count] = True
-        local = np.full(length, -1, np.int64)
-        local[:count] = seq.local_positions
-        patches_count = len(seq.raw_patches)
-        if patches_count > self.max_patches:
-            raise ValueError(f"a sequence holds {patches_count} patches, more than max_patches={self.max_patches}")
-        patches = np.zeros((self.max_patches, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), np.float32)
-        if patches_count:
-            scale_patches(seq.raw_patches, out=patches[:patches_count, :seq.raw_patches.shape[1]])
-        rows = np.zeros((self.max_patches, 2), np.float32)
-        cols = np.zeros((self.max_patches, 2), np.float32)
-        rows[:patches_count] = seq.patch_rows
-        cols[:patches_count] = seq.patch_cols
-        is_image = tokens == IMAGE_PLACEHOLDER
-        sample = {
-            "tokens": torch.from_numpy(tokens), "loss_mask": torch.from_numpy(loss_mask),
-            "attention_mask": torch.from_numpy(attention), "local_positions": torch.from_numpy(local),
-            "is_image": torch.from_numpy(is_image), "patches": torch.from_numpy(patches),
-            "patch_rows": torch.from_numpy(rows), "patch_cols": torch.from_numpy(cols),
-            "num_patches": torch.tensor(patches_count, dtype=torch.int64),
-        }
+    def collate(self, sequences: list[Assembled], max_patches: int | None = None,
+                shared: bool = False) -> dict[str, torch.Tensor]:
+        """Assembled sequences -> the contract's tensors with a leading batch dimension; P is
+        ``max_patches`` or, when None, the most patches any of these sequences has (>= 1).
+        Pixels are scaled straight into the output (one float write per value)."""
+        length, size = self.config.sequence_length, len(sequences)
+        counts = [len(seq.raw_patches) for seq in sequences]
+        patch_slots = max_patches or max(1, max(counts))
+        if max(counts) > patch_slots:
+            raise ValueError(f"a sequence holds {max(counts)} patches, more than max_patches={patch_slots}")
+        make = _shared_zeros if shared else _zeros
+        tokens = make((size, length), torch.int64)
+        loss_mask = make((size, length), torch.bool)
+        attention = make((size, length), torch.bool)
+        local = make((size, length), torch.int64)
+        patches = make((size, patch_slots, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), torch.float32)
+        rows = make((size, patch_slots, 2), torch.float32)
+        cols = make((size, patch_slots, 2), torch.float32)
+        num_patches = make((size,), torch.int64)
+        arrays = [t.numpy() for t in (tokens, loss_mask, attention, local, patches, rows, cols, num_patches)]
+        tokens_np, loss_np, attention_np, local_np, patches_np, rows_np, cols_np, count_np = arrays
+        tokens_np.fill(PAD)
+        local_np.fill(-1)
+        for b, seq in enumerate(sequences):
+            n, p = len(seq.tokens), counts[b]
+            tokens_np[b, :n] = seq.tokens
+            loss_np[b, :n] = seq.loss_mask
+            attention_np[b, :n] = True
+            local_np[b, :n] = seq.local_positions
+            if p:
+                scale_patches(seq.raw_patches, out=patches_np[b, :p, :seq.raw_patches.shape[1]])
+                rows_np[b, :p] = seq.patch_rows
+                cols_np[b, :p] = seq.patch_cols
+            count_np[b] = p
+        batch = {"tokens": tokens, "loss_mask": loss_mask, "attention_mask": attention, "local_positions": local,
+                 "is_image": tokens == IMAGE_PLACEHOLDER, "patches": patches, "patch_rows": rows, "patch_cols": cols,
+                 "num_patches": num_patches}
         if self.config.observation_targets:
             target_mask = (local >= 0) & ~loss_mask
-            target_mask[0] = False
-            sample["obs_targets"] = torch.from_numpy(tokens.copy())
-            sample["obs_target_mask"] = torch.from_numpy(target_mask)
+            target_mask[:, 0] = False
+            batch["obs_targets"] = tokens.clone()
+            batch["obs_target_mask"] = target_mask
         if self.config.provenance:
-            episode = np.full(length, -1, np.int64)
-            episode[:count] = seq.token_episode
-            offset = np.full(length, -1, np.int64)
-            offset[:count] = seq.token_offset
-            prompt = np.zeros(length, bool)
-            prompt[:count] = seq.is_prompt
-            sample.update(token_episode=torch.from_numpy(episode), token_offset=torch.from_numpy(offset),
-                          is_prompt=torch.from_numpy(prompt), prompt_kind=torch.tensor(seq.prompt_kind, dtype=torch.int64))
-        return sample
+            episode = torch.full((size, length), -1, dtype=torch.int64)
+            offset = torch.full((size, length), -1, dtype=torch.int64)
+            prompt = torch.zeros((size, length), dtype=torch.bool)
+            for b, seq in enumerate(sequences):
+                n = len(seq.tokens)
+                episode[b, :n] = torch.from_numpy(seq.token_episode)
+                offset[b, :n] = torch.from_numpy(seq.token_offset)
+                prompt[b, :n] = torch.from_numpy(seq.is_prompt)
+            batch.update(token_episode=episode, token_offset=offset, is_prompt=prompt,
+                         prompt_kind=torch.tensor([seq.prompt_kind for seq in sequences], dtype=torch.int64))
+        return batch
 
     # -------------------------------------------------------------- state
 
@@ -294,7 +314,7 @@ class SequenceLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if any(self.consumed) or self._loaded:
             self.dataset.load_state_dict(self.state_dict())
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                             persistent_workers=False, in_order=True, **self.loader_kwargs)
         turn = 0
         workers = len(self.consumed)
@@ -329,7 +349,25 @@ class SequenceLoader:
 def make_loader(config: DataConfig, batch_size: int, num_workers: int = 0, rank: int | None = None,
                 world_size: int | None = None, **loader_kwargs) -> SequenceLoader:
     """The loader a training loop uses: batches of the contract's tensors, resumable."""
-    return SequenceLoader(GatoDataset(config, rank, world_size), batch_size, num_workers, **loader_kwargs)
+    dataset = GatoDataset(config, rank, world_size, batch_size=batch_size)
+    return SequenceLoader(dataset, batch_size, num_workers, **loader_kwargs)
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    # numpy's zeros takes fresh zero pages from the OS (calloc) instead of writing them
+    return torch.from_numpy(np.zeros(shape, dtype=_NUMPY_DTYPES[dtype]))
+
+
+def _shared_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zero tensor in shared memory, as DataLoader's default collate allocates it: the
+    batch then crosses to the main process without another copy (new shared memory is
+    zero-filled by the OS)."""
+    count = int(np.prod(shape))
+    storage = torch.UntypedStorage._new_shared(max(1, count) * torch.empty((), dtype=dtype).element_size())
+    return torch.empty((0,), dtype=dtype).set_(storage, 0, shape)
+
+
+_NUMPY_DTYPES = {torch.int64: np.int64, torch.bool: np.bool_, torch.float32: np.float32}
 
 
 def _distributed_rank() -> tuple[int, int]:

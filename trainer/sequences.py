@@ -18,6 +18,7 @@ plans without reading pixels reproduces the exact state: that is how loaders res
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trainer.catalog import Catalog, UnitTokens
-from trainer.patches import PATCH_SIZE, frames_to_raw_patches, patch_intervals
+from trainer.patches import PATCH_SIZE, patch_intervals
 from trainer.tokenizer import IMAGE_PLACEHOLDER
 
 log = logging.getLogger(__name__)
@@ -319,10 +320,12 @@ class ShardSampler:
                 layout = steps.layout
                 step = np.searchsorted(steps.step_offsets, image_positions, side="right") - 1
                 patch = image_positions - steps.step_offsets[step] - layout.image_start
-                first = int(step[0])
-                raw = frames_to_raw_patches(steps.frames[first:int(step[-1]) + 1])
-                parts["patches"].append(raw[step - first, patch])
-                rows, cols = patch_intervals(layout.image_shape[:2])
+                # a piece's patches are consecutive in (step, patch) order: one slice, copied so
+                # the shuffle buffer does not keep whole units alive
+                flat = steps.patches.reshape(-1, *steps.patches.shape[2:])
+                first = int(step[0]) * layout.patches + int(patch[0])
+                parts["patches"].append(flat[first:first + len(image_positions)].copy())
+                rows, cols = _intervals(tuple(layout.image_shape[:2]))
                 parts["rows"].append(rows[patch])
                 parts["cols"].append(cols[patch])
         channels = max((p.shape[1] for p in parts["patches"]), default=1)
@@ -349,6 +352,11 @@ def max_patches_per_sequence(catalog: Catalog, sequence_length: int) -> int:
         if layout.patches:
             bound = max(bound, sequence_length * layout.patches // layout.min_step_tokens + layout.patches)
     return min(bound, sequence_length) if bound else 1
+
+
+@functools.lru_cache(maxsize=64)
+def _intervals(image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    return patch_intervals(image_hw)
 
 
 def _pad_channels(patches: np.ndarray, channels: int) -> np.ndarray:

@@ -210,14 +210,15 @@ class StepTokens:
     """A run of T timesteps as flat token arrays (int32/int16 to keep caches small).
 
     ``step_offsets[t]`` is where timestep t starts; patch tokens of step t sit at
-    ``step_offsets[t] + layout.image_start + p`` and their pixels are ``frames[t]``.
+    ``step_offsets[t] + layout.image_start + p`` and their pixels are ``patches[t, p]`` (uint8,
+    cut into 16x16 patches once, so a sequence's patches are a contiguous slice).
     """
 
     tokens: np.ndarray          # (N,) int32
     loss_mask: np.ndarray       # (N,) bool: action and text tokens
     local_positions: np.ndarray  # (N,) int16, -1 on separator and action tokens
     step_offsets: np.ndarray    # (T + 1,) int64
-    frames: np.ndarray | None   # (T, H, W, C) uint8
+    patches: np.ndarray | None  # (T, P, C, 16, 16) uint8
     layout: StepLayout
 
     @property
@@ -231,7 +232,7 @@ class StepTokens:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.tokens, self.loss_mask, self.local_positions, self.step_offsets)) + (
-            0 if self.frames is None else self.frames.nbytes)
+            0 if self.patches is None else self.patches.nbytes)
 
 
 def tokenize_steps(steps: dict, spec: TaskSpec, text_model: TextTokenizer | None = None,
@@ -300,11 +301,11 @@ def tokenize_steps(steps: dict, spec: TaskSpec, text_model: TextTokenizer | None
         step_lengths = obs_width + n_action + text_lengths.astype(np.int64)
     offsets = np.zeros(t + 1, dtype=np.int64)
     np.cumsum(step_lengths, out=offsets[1:])
-    frames = None
+    patches = None
     if layout.patches:
-        frames = _frames(steps[OBS_IMAGE], t, layout.image_shape)
+        patches = frames_to_raw_patches(_frames(steps[OBS_IMAGE], t, layout.image_shape))
     return StepTokens(tokens=tokens.astype(np.int32), loss_mask=np.ascontiguousarray(loss_mask),
-                      local_positions=local.astype(np.int16), step_offsets=offsets, frames=frames, layout=layout)
+                      local_positions=local.astype(np.int16), step_offsets=offsets, patches=patches, layout=layout)
 
 
 # ----------------------------------------------------------------------------- deployment
@@ -343,11 +344,11 @@ def tokenize_observation(obs: dict, spec: TaskSpec, text_model: TextTokenizer | 
     run = tokenize_steps(steps, spec, text_model, actions=False, max_text_tokens=max_text_tokens)
     tokens = run.tokens.astype(np.int64)
     is_image = tokens == IMAGE_PLACEHOLDER
-    if run.frames is not None:
-        raw = frames_to_raw_patches(run.frames)[0]
+    if run.patches is not None:
+        raw = run.patches[0]
         patches = np.zeros((raw.shape[0], MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), np.float32)
         scale_patches(raw, out=patches[:, :raw.shape[1]])
-        rows, cols = patch_intervals(run.frames.shape[1:3])
+        rows, cols = patch_intervals(run.layout.image_shape[:2])
     else:
         patches = np.zeros((0, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), np.float32)
         rows = cols = np.zeros((0, 2), np.float32)
