@@ -162,3 +162,36 @@ def test_registry_env_babyai(tmp_path):
                                  prompt_tokens=200, progress=False))
     assert row["episodes"] == 2 and row["success_rate"] is not None and row["mean_length"] <= 20
     assert row["prompt_tokens"] > 0
+
+
+@pytest.mark.slow
+def test_ray_parallel_evaluation_matches_in_process(cartpole_run, ray_local):
+    import sys
+
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
+    config = dict(checkpoint=str(cartpole_run / "run"), tasks=[CARTPOLE], episodes=2, temperature=0.0,
+                  out=str(cartpole_run / "ray-report"), progress=False)
+    (on_ray,) = evaluate(EvalConfig(**config, ray=True), env_factory=cartpole_env)
+    (local,) = evaluate(EvalConfig(**config), env_factory=cartpole_env)
+    assert on_ray["mean_return"] == local["mean_return"] and on_ray["episodes"] == 2
+
+
+def test_image_prompt_and_acting_on_pixels(synth_root):
+    from trainer.model import CONFIGS, Gato
+    from trainer.tokenizer import IMAGE_PLACEHOLDER
+
+    dataset = Dataset(synth_root)
+    task = next(t for t in dataset.tasks if t.startswith("synth-pixels"))
+    spec = dataset.manifest.tasks[task]
+    prompt, episode_id = demonstration_prompt(dataset, task, spec, None, max_tokens=40, where="start")
+    assert len(prompt) == 36 and prompt.is_image.sum() == len(prompt.patches) == 24  # 6 steps of 4 patches | a
+    assert (prompt.tokens[prompt.is_image] == IMAGE_PLACEHOLDER).all()
+    assert prompt.patches.shape[1:] == (4, 16, 16) and np.abs(prompt.patches).max() <= 0.25
+    torch.manual_seed(0)
+    agent = GatoAgent(Gato(CONFIGS["gato-tiny"]), spec, None, context=64, seed=0)
+    agent.reset(prompt)
+    frames = dataset.episode(episode_id).steps["obs_image"]
+    actions = [int(agent.act({"obs_image": frame})["act_discrete"][0]) for frame in frames[:20]]
+    assert all(0 <= a < spec.action["act_discrete"].n for a in actions) and len(agent.cache) == 64

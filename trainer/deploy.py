@@ -25,7 +25,7 @@ import torch
 from shards import Dataset, TaskSpec
 from trainer.checkpoint import load_checkpoint
 from trainer.model import Gato, GatoConfig, KVCache
-from trainer.patches import frames_to_raw_patches, patch_intervals, scale_patches
+from trainer.patches import patch_intervals, scale_patches
 from trainer.text_tokenizer import TextTokenizer
 from trainer.tokenizer import (
     MAX_CHANNELS,
@@ -150,15 +150,15 @@ def demonstration_prompt(dataset: Dataset, task: str, spec: TaskSpec, text_model
     tokens = run.tokens[start:end].astype(np.int64)
     is_image = np.zeros(len(tokens), bool)
     patches, rows, cols = TokenChunk.empty().astuple()[3:]
-    if run.frames is not None:
+    if run.patches is not None:
         layout = run.layout
         for step in range(first, last):
             at = int(offsets[step]) - start + layout.image_start
             is_image[at:at + layout.patches] = True
-        raw = frames_to_raw_patches(run.frames[first:last])  # (T, P, C, 16, 16)
+        raw = run.patches[first:last]  # (T, P, C, 16, 16) uint8
         patches = np.zeros((raw.shape[0] * raw.shape[1], MAX_CHANNELS, 16, 16), np.float32)
         scale_patches(raw.reshape(-1, *raw.shape[2:]), out=patches[:, :raw.shape[2]])
-        r, c = patch_intervals(run.frames.shape[1:3])
+        r, c = patch_intervals(layout.image_shape[:2])
         rows, cols = np.tile(r, (last - first, 1)), np.tile(c, (last - first, 1))
     return TokenChunk(tokens, run.local_positions[start:end].astype(np.int64), is_image, patches, rows, cols), episode_id
 
