@@ -164,7 +164,7 @@ class GatoDataset(IterableDataset):
             sequence_length=config.sequence_length, prompt_probability=config.prompt_probability,
             prompt_end_probability=config.prompt_end_probability, prompt_fraction=config.prompt_fraction,
             shuffle_buffer=config.shuffle_buffer, seed=config.seed, passes=config.passes,
-            prompt_pool_units=config.prompt_pool_units)
+            prompt_pool_units=config.prompt_pool_units, provenance=config.provenance)
         self._resume: list[int] | None = None
         self._consumed = [0]
         self._real_tokens = 0

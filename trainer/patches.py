@@ -41,8 +41,10 @@ def frames_to_raw_patches(frames: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected frames of shape (T, H, W, C), got {frames.shape}")
     t, h, w, c = frames.shape
     padded_h, padded_w = padded_size(h), padded_size(w)
-    if (padded_h, padded_w) != (h, w):
-        frames = np.pad(frames, ((0, 0), (0, padded_h - h), (0, padded_w - w), (0, 0)))
+    if (padded_h, padded_w) != (h, w):  # black border; faster than np.pad
+        padded = np.zeros((t, padded_h, padded_w, c), np.uint8)
+        padded[:, :h, :w] = frames
+        frames = padded
     grid_h, grid_w = padded_h // PATCH_SIZE, padded_w // PATCH_SIZE
     blocks = frames.reshape(t, grid_h, PATCH_SIZE, grid_w, PATCH_SIZE, c)
     # (T, gh, 16, gw, 16, C) -> (T, gh, gw, C, 16, 16): raster order, channels first.

@@ -46,6 +46,7 @@ class SamplerSettings:
     seed: int = 0
     passes: int | None = None
     prompt_pool_units: int = 3
+    provenance: bool = False
 
 
 @dataclass
@@ -173,8 +174,9 @@ class ShardSampler:
         """Choose a task by weight, maybe a prompt, then L tokens of the task's stream."""
         length = self.settings.sequence_length
         while self.active.any():
-            weights = self.weights * self.active
-            index = int(self.rng.choice(len(self.tasks), p=weights / weights.sum()))
+            cumulative = np.cumsum(self.weights * self.active)
+            index = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right"))
+            index = min(index, len(self.tasks) - 1)
             stream = self.streams[self.tasks[index]]
             head = self._head(stream)
             if head is None:
@@ -264,11 +266,17 @@ class ShardSampler:
         current = stream.pool[unit]
         episode = int(current.episodes[current.episode_at(position)])
         source = self.catalog.episode_source[episode]
-        candidates = [(u, i) for u, tokens in stream.pool.items() for i, number in enumerate(tokens.episodes)
-                      if number != episode and self.catalog.episode_source[number] == source]
-        if not candidates or budget <= 0:
+        matches = [(u, np.flatnonzero((self.catalog.episode_source[tokens.episodes] == source) & (tokens.episodes != episode)))
+                   for u, tokens in stream.pool.items()]
+        total = sum(len(m) for _, m in matches)
+        if not total or budget <= 0:
             return None
-        pool_unit, index = candidates[int(self.rng.integers(len(candidates)))]
+        pick = int(self.rng.integers(total))
+        for pool_unit, found in matches:
+            if pick < len(found):
+                index = int(found[pick])
+                break
+            pick -= len(found)
         tokens = stream.pool[pool_unit]
         first, last = int(tokens.token_starts[index]), int(tokens.token_starts[index + 1])
         offsets = tokens.step_offsets
@@ -308,12 +316,13 @@ class ShardSampler:
             parts["tokens"].append(ids)
             parts["loss"].append(steps.loss_mask[window])
             parts["local"].append(steps.local_positions[window])
-            positions = np.arange(start, end)
-            owner = np.searchsorted(tokens.token_starts, positions, side="right") - 1
-            parts["episode"].append(tokens.episodes[owner])
-            parts["offset"].append(positions - tokens.token_starts[owner])
             size = end - start
-            parts["prompt"].append(np.full(size, prompt_left > 0))
+            if self.settings.provenance:
+                positions = np.arange(start, end)
+                owner = np.searchsorted(tokens.token_starts, positions, side="right") - 1
+                parts["episode"].append(tokens.episodes[owner])
+                parts["offset"].append(positions - tokens.token_starts[owner])
+                parts["prompt"].append(np.full(size, prompt_left > 0))
             prompt_left -= size
             image_positions = np.flatnonzero(ids == IMAGE_PLACEHOLDER) + start
             if len(image_positions):
