@@ -59,27 +59,46 @@ class EpisodeRecorder:
         terminated = np.asarray(terminated, dtype=bool).reshape(self.num_envs)
         truncated = np.asarray(truncated, dtype=bool).reshape(self.num_envs)
         done = terminated | truncated
-        key = self.entry.success_key
         finished: list[Episode] = []
         for i in range(self.num_envs):
-            if not self.active[i]:
-                continue
-            reward = _info_value(infos, "raw_reward", i, done[i])
-            row = {name: col[i] for name, col in obs_cols.items()}
-            row.update({name: col[i] for name, col in act_cols.items()})
-            row["_reward"] = rewards[i] if reward is None else float(reward)
-            row["_terminated"], row["_truncated"] = terminated[i], truncated[i]
-            self._rows[i].append(row)
-            if key is not None:
-                flag = _info_value(infos, key, i, done[i])
-                if flag is not None:
-                    self._success[i] = bool(self._success[i]) or bool(flag)
-            if done[i]:
-                finished.append(self._finish(i))
+            if self.active[i]:
+                columns = {name: col[i] for name, col in obs_cols.items()}
+                columns.update({name: col[i] for name, col in act_cols.items()})
+                episode = self._append(i, columns, rewards[i], terminated[i], truncated[i],
+                                       lambda key, i=i: _info_value(infos, key, i, done[i]))
+                if episode is not None:
+                    finished.append(episode)
         self.policy_steps += self.num_envs
         for i in np.flatnonzero(done):
             self._began[i] = self.policy_steps
         return finished
+
+    def add_env_step(self, i: int, obs: Any, action: Any, reward: float, terminated: bool, truncated: bool,
+                     info: dict | None = None) -> Episode | None:
+        """Record one step of env ``i`` alone (for trainers that step envs one by one)."""
+        self.policy_steps += 1
+        if not self.active[i]:
+            return None
+        columns = {name: col[0] for name, col in self.entry.to_columns(_batch_of_one(obs)).items()}
+        columns.update({name: col[0] for name, col in self.entry.action_columns(np.asarray([action])).items()})
+        episode = self._append(i, columns, float(reward), bool(terminated), bool(truncated),
+                               lambda key: (info or {}).get(key))
+        if terminated or truncated:
+            self._began[i] = self.policy_steps
+        return episode
+
+    def _append(self, i: int, columns: dict[str, Any], reward: float, terminated: bool, truncated: bool,
+                info_value: Callable[[str], Any]) -> Episode | None:
+        raw = info_value("raw_reward")
+        columns["_reward"] = reward if raw is None else float(raw)
+        columns["_terminated"], columns["_truncated"] = bool(terminated), bool(truncated)
+        self._rows[i].append(columns)
+        key = self.entry.success_key
+        if key is not None:
+            flag = info_value(key)
+            if flag is not None:
+                self._success[i] = bool(self._success[i]) or bool(flag)
+        return self._finish(i) if terminated or truncated else None
 
     def retire(self, env_index: int) -> None:
         """Stop recording env ``env_index`` (its partial episode is dropped)."""
@@ -107,6 +126,12 @@ class EpisodeRecorder:
         if self.on_episode is not None:
             self.on_episode(episode)
         return episode
+
+
+def _batch_of_one(obs: Any) -> Any:
+    if isinstance(obs, dict):
+        return {k: (v,) if isinstance(v, str) else np.asarray(v)[None] for k, v in obs.items()}
+    return np.asarray(obs)[None]
 
 
 def _info_value(infos: Any, key: str, i: int, done: bool) -> Any:

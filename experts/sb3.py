@@ -74,7 +74,7 @@ def train_sb3(entry: TaskEntry, recipe: Recipe, out_dir: Path, seed: int,
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     if entry.domain == "babyai":
-        make = lambda i: _GridOnly(entry.make_single_env(seed + i))  # noqa: E731
+        make = lambda i: GridOnly(entry.make_single_env(seed + i))  # noqa: E731
     else:
         make = lambda i: entry.make_single_env(seed + i)  # noqa: E731
     fns = [_env_fn(make, i, recipe.clip_reward) for i in range(recipe.n_envs)]
@@ -159,7 +159,7 @@ class ClipReward(gym.RewardWrapper):
         return obs, float(np.clip(reward, -1.0, 1.0)), terminated, truncated, info
 
 
-class _GridOnly(gym.Wrapper):
+class GridOnly(gym.Wrapper):
     """BabyAI for an MLP: the 148 ints only; the mission goes to info for the recorder."""
 
     def __init__(self, env: gym.Env) -> None:
