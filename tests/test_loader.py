@@ -265,3 +265,15 @@ def test_bad_inputs_give_clear_errors(synth, tmp_path):
         from trainer.sequences import ShardSampler
 
         ShardSampler(dataset.catalog, dataset.weights, dataset.settings, shard=299, num_shards=300)
+
+
+def test_uint8_patches_normalize_to_the_float_patches(synth):
+    from trainer.patches import normalize_patches
+
+    floats = next(iter(make_loader(config(synth, seed=5), batch_size=6)))
+    raw = next(iter(make_loader(config(synth, seed=5, patch_dtype="uint8"), batch_size=6)))
+    assert raw["patches"].dtype == torch.uint8 and raw["patches"].shape == floats["patches"].shape
+    assert int(raw["num_patches"].sum()) > 0
+    restored = normalize_patches(raw["patches"], raw["patch_channels"], raw["num_patches"])
+    torch.testing.assert_close(restored, floats["patches"])
+    assert torch.equal(raw["tokens"], floats["tokens"])

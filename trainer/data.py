@@ -100,6 +100,9 @@ class DataConfig:
     """P_max, patches per sequence; None derives a bound from the datasets"""
     max_text_tokens: int = 128
     """text tokens kept per timestep"""
+    patch_dtype: str = "float32"
+    """float32: patches in [-1, 1] / 4 (the contract); uint8: raw pixels, 4x fewer bytes to move, plus
+    patch_channels; trainer.patches.normalize_patches turns them into the same floats on the device"""
     prompt_pool_units: int = 3
     """read units per task kept for drawing prompts (memory: about this many row groups per task)"""
     observation_targets: bool = False
@@ -119,6 +122,8 @@ class DataConfig:
                 problems.append(f"{name}={value}: expected a number in [0, {0.5 if name == 'prompt_fraction' else 1}]")
         if self.passes is not None and self.passes < 1:
             problems.append(f"passes={self.passes}: expected >= 1 or None")
+        if self.patch_dtype not in ("float32", "uint8"):
+            problems.append(f"patch_dtype={self.patch_dtype!r}: expected 'float32' or 'uint8'")
         if self.max_patches is not None and self.max_patches < 1:
             problems.append(f"max_patches={self.max_patches}: expected >= 1")
         if problems:
@@ -217,7 +222,8 @@ class GatoDataset(IterableDataset):
         loss_mask = make((size, length), torch.bool)
         attention = make((size, length), torch.bool)
         local = make((size, length), torch.int64)
-        patches = make((size, patch_slots, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), torch.float32)
+        raw_pixels = self.config.patch_dtype == "uint8"
+        patches = make((size, patch_slots, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), torch.uint8 if raw_pixels else torch.float32)
         rows = make((size, patch_slots, 2), torch.float32)
         cols = make((size, patch_slots, 2), torch.float32)
         num_patches = make((size,), torch.int64)
@@ -232,13 +238,18 @@ class GatoDataset(IterableDataset):
             attention_np[b, :n] = True
             local_np[b, :n] = seq.local_positions
             if p:
-                scale_patches(seq.raw_patches, out=patches_np[b, :p, :seq.raw_patches.shape[1]])
+                if raw_pixels:
+                    patches_np[b, :p, :seq.raw_patches.shape[1]] = seq.raw_patches
+                else:
+                    scale_patches(seq.raw_patches, out=patches_np[b, :p, :seq.raw_patches.shape[1]])
                 rows_np[b, :p] = seq.patch_rows
                 cols_np[b, :p] = seq.patch_cols
             count_np[b] = p
         batch = {"tokens": tokens, "loss_mask": loss_mask, "attention_mask": attention, "local_positions": local,
                  "is_image": tokens == IMAGE_PLACEHOLDER, "patches": patches, "patch_rows": rows, "patch_cols": cols,
                  "num_patches": num_patches}
+        if raw_pixels:
+            batch["patch_channels"] = torch.tensor([seq.raw_patches.shape[1] for seq in sequences], dtype=torch.int64)
         if self.config.observation_targets:
             target_mask = (local >= 0) & ~loss_mask
             target_mask[:, 0] = False
@@ -367,7 +378,7 @@ def _shared_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.empty((0,), dtype=dtype).set_(storage, 0, shape)
 
 
-_NUMPY_DTYPES = {torch.int64: np.int64, torch.bool: np.bool_, torch.float32: np.float32}
+_NUMPY_DTYPES = {torch.int64: np.int64, torch.bool: np.bool_, torch.float32: np.float32, torch.uint8: np.uint8}
 
 
 def _distributed_rank() -> tuple[int, int]:

@@ -60,6 +60,22 @@ def scale_patches(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
+def normalize_patches(patches, channels=None, num_patches=None):
+    """uint8 patches (..., P, C, 16, 16) from a loader with ``patch_dtype="uint8"`` -> the float32
+    patches the contract describes: [-1, 1] / 4, with padded channels (>= ``channels``, shape
+    (...,)) and padded patches (>= ``num_patches``) zero. Works on torch tensors (on any device)."""
+    import torch
+
+    out = patches.to(torch.float32) * float(PIXEL_SCALE) - float(PIXEL_SHIFT)
+    if channels is not None:
+        keep = torch.arange(patches.shape[-3], device=patches.device) < channels.unsqueeze(-1)  # (..., C)
+        out = out * keep[..., None, :, None, None]
+    if num_patches is not None:
+        keep = torch.arange(patches.shape[-4], device=patches.device) < num_patches.unsqueeze(-1)  # (..., P)
+        out = out * keep[..., None, None, None]
+    return out
+
+
 def patch_intervals(image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Normalized [start, end) row and column intervals of each patch, (P, 2) float32 each."""
     grid_h, grid_w = padded_size(image_hw[0]) // PATCH_SIZE, padded_size(image_hw[1]) // PATCH_SIZE

@@ -1,0 +1,325 @@
+"""Benchmark: the Gato sequence loader vs plain pyarrow decoding the same step files.
+
+    .venv/bin/python bench/loader.py                    # quickstart-like data + a 2 GB stream
+    .venv/bin/python bench/loader.py --big-gb 0.5 --repeats 1
+
+Data (written to a temp dir with shards' own writer, deleted afterwards), shaped like the
+quickstart: BabyAI-like (148 discrete values + a mission string, 1 discrete action),
+Meta-World-like (39 continuous values, 4 continuous actions, 500-step episodes) and
+Atari-like (84x84x4 stacked frames of a simple, compressible scene, 1 discrete action).
+
+Measured in one run (medians of ``repeats``):
+- raw: pyarrow reading every row group of the same step files (all columns, one thread),
+  steps/s and decoded MB/s: the ceiling for anything that reads these bytes;
+- loader: one full pass (``passes=1``, so every step is served once) through
+  ``make_loader`` with 0 (in-process), 1 and 2 workers, batch 8, L = 1024: steps/s,
+  tokens/s, and steps/s as a fraction of raw (target >= 0.30), overall and per domain; once
+  with the contract's float32 patches and once with ``patch_dtype="uint8"``;
+- padding: the fraction of padded tokens in that pass and in an endless stream (target <= 0.05);
+- memory: peak RSS (main process + workers, sampled every 50 ms with psutil) while streaming
+  an image-only dataset of ``big_gb`` GB on disk (incompressible frames) and one a tenth of
+  that size: flat means the two peaks are close.
+Prints JSON and writes bench/results/loader.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+import tyro
+
+from shards import Episode, Manifest, ModalitySpec, StepFileWriter, TaskSpec, index_table, write_index, write_manifest
+from shards.reader import Dataset
+from trainer.data import DataConfig, make_loader
+from trainer.text_tokenizer import fit_text_model
+
+RESULTS = Path(__file__).resolve().parent / "results" / "loader.json"
+MISSIONS = ["go to the red ball", "pick up the blue key", "open the yellow door", "put the grey box next to the purple ball"]
+
+
+@dataclass
+class BenchConfig:
+    """Sizes and repeats."""
+
+    babyai_episodes: int = 300
+    metaworld_episodes: int = 30
+    atari_episodes: int = 12
+    atari_length: int = 800
+    big_gb: float = 2.0
+    """on-disk size of the dataset streamed for peak RSS"""
+    repeats: int = 3
+    batch_size: int = 8
+    sequence_length: int = 1024
+    seed: int = 0
+    out: str = str(RESULTS)
+
+
+def main(config: BenchConfig) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-loader-"))
+    try:
+        root = workdir / "quickstart"
+        t0 = time.perf_counter()
+        write_quickstart_like(root, config)
+        model = workdir / "text.model"
+        fit_text_model([str(root)], model)
+        build_seconds = time.perf_counter() - t0
+        steps = int(Dataset(str(root)).index["length"].to_numpy().sum())
+        result: dict = {"benchmark": "loader", "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                        "config": vars(config), "dataset": {"steps": steps, "bytes_on_disk": _disk_bytes(root),
+                                                            "build_seconds": round(build_seconds, 2)}}
+        raw = median_run(lambda: raw_decode(root), config.repeats)
+        result["raw_pyarrow"] = raw
+        loader = {}
+        for dtype in ("float32", "uint8"):
+            for workers in (0, 1, 2):
+                key = f"workers_{workers}" + ("" if dtype == "float32" else "_uint8_patches")
+                loader[key] = median_run(lambda: loader_pass(root, model, config, workers, patch_dtype=dtype), config.repeats)
+        result["loader"] = loader
+        result["fraction_of_raw"] = {k: round(v["steps_per_second"] / raw["steps_per_second"], 3) for k, v in loader.items()}
+        per_domain = {}
+        for domain in ("babyai", "metaworld", "atari"):
+            domain_raw = median_run(lambda: raw_decode(root, domain), config.repeats)
+            domain_loader = median_run(lambda: loader_pass(root, model, config, 1, only=domain), config.repeats)
+            per_domain[domain] = {"raw_steps_per_second": domain_raw["steps_per_second"],
+                                  "loader_steps_per_second": domain_loader["steps_per_second"],
+                                  "loader_tokens_per_second": domain_loader["tokens_per_second"],
+                                  "fraction_of_raw": round(domain_loader["steps_per_second"] / domain_raw["steps_per_second"], 3)}
+            if domain == "atari":
+                raw_pixels = median_run(lambda: loader_pass(root, model, config, 1, only=domain, patch_dtype="uint8"), config.repeats)
+                per_domain[domain]["uint8_patches_steps_per_second"] = raw_pixels["steps_per_second"]
+                per_domain[domain]["uint8_patches_fraction_of_raw"] = round(raw_pixels["steps_per_second"] / domain_raw["steps_per_second"], 3)
+        result["per_domain_1_worker"] = per_domain
+        result["padding_fraction"] = {"one_pass": loader["workers_1"]["padding_fraction"],
+                                      "endless_stream": endless_padding(root, model, config)}
+        result["memory"] = memory_flatness(workdir, config)
+        result["targets"] = {
+            "fraction_of_raw_ge_0.30": result["fraction_of_raw"]["workers_1"] >= 0.30,
+            "fraction_of_raw_ge_0.30_best_setting": max(result["fraction_of_raw"].values()) >= 0.30,
+            "padding_le_0.05": result["padding_fraction"]["one_pass"] <= 0.05,
+            "rss_flat": result["memory"]["peak_rss_ratio_big_vs_small"] <= 1.25,
+        }
+        print(json.dumps(result, indent=2))
+        out = Path(config.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        return result
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- measurements
+
+def raw_decode(root: Path, domain: str | None = None) -> dict:
+    """Decode every row group of the step files with plain pyarrow (all columns, one thread)."""
+    files = sorted(p for p in (root / "data").rglob("*.parquet") if domain is None or f"/data/{domain}/" in str(p))
+    start = time.perf_counter()
+    rows = decoded = 0
+    for path in files:
+        parquet = pq.ParquetFile(path)
+        for group in range(parquet.metadata.num_row_groups):
+            table = parquet.read_row_group(group, use_threads=False)
+            rows += table.num_rows
+            decoded += table.nbytes
+    seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 3), "steps": rows, "steps_per_second": round(rows / seconds, 1),
+            "decoded_mb_per_second": round(decoded / seconds / 1e6, 1)}
+
+
+def loader_pass(root: Path, model: Path, config: BenchConfig, workers: int, only: str | None = None,
+                patch_dtype: str = "float32") -> dict:
+    """One pass over the dataset through the DataLoader; every step is served once."""
+    weights = () if only is None else tuple(f"{d}={1 if d == only else 0}" for d in ("babyai", "metaworld", "atari"))
+    data = DataConfig(roots=[str(root)], text_model=str(model), sequence_length=config.sequence_length, passes=1,
+                      seed=config.seed, weight=weights, patch_dtype=patch_dtype)
+    loader = make_loader(data, batch_size=config.batch_size, num_workers=workers)
+    index = Dataset(str(root)).index.to_pydict()
+    steps = sum(n for n, task in zip(index["length"], index["task"]) if only is None or task.startswith(only + "/"))
+    start = time.perf_counter()
+    sequences = 0
+    for batch in loader:
+        sequences += len(batch["tokens"])
+    seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 3), "steps": steps, "sequences": sequences,
+            "steps_per_second": round(steps / seconds, 1), "tokens_per_second": round(loader.real_tokens / seconds, 1),
+            "padding_fraction": round(loader.padding_fraction, 5)}
+
+
+def endless_padding(root: Path, model: Path, config: BenchConfig, sequences: int = 400) -> float:
+    data = DataConfig(roots=[str(root)], text_model=str(model), sequence_length=config.sequence_length, seed=config.seed)
+    loader = make_loader(data, batch_size=config.batch_size)
+    for count, _ in enumerate(loader):
+        if (count + 1) * config.batch_size >= sequences:
+            break
+    return round(loader.padding_fraction, 5)
+
+
+def memory_flatness(workdir: Path, config: BenchConfig) -> dict:
+    """Peak RSS streaming a big image dataset vs one a tenth of its size."""
+    out = {}
+    for name, gigabytes in (("small", config.big_gb / 10), ("big", config.big_gb)):
+        root = workdir / f"images-{name}"
+        t0 = time.perf_counter()
+        write_image_dataset(root, gigabytes, config.seed)
+        written = time.perf_counter() - t0
+        data = DataConfig(roots=[str(root)], sequence_length=config.sequence_length, passes=1, seed=config.seed)
+        loader = make_loader(data, batch_size=config.batch_size, num_workers=1)
+        with RssSampler() as sampler:
+            start = time.perf_counter()
+            for _ in loader:
+                pass
+            seconds = time.perf_counter() - start
+        steps = int(Dataset(str(root)).index["length"].to_numpy().sum())
+        out[name] = {"bytes_on_disk": _disk_bytes(root), "steps": steps, "write_seconds": round(written, 1),
+                     "stream_seconds": round(seconds, 1), "steps_per_second": round(steps / seconds, 1),
+                     "peak_rss_mb": round(sampler.peak / 1e6, 1), "baseline_rss_mb": round(sampler.first / 1e6, 1)}
+        shutil.rmtree(root, ignore_errors=True)
+    out["peak_rss_ratio_big_vs_small"] = round(out["big"]["peak_rss_mb"] / out["small"]["peak_rss_mb"], 3)
+    return out
+
+
+class RssSampler:
+    """Peak resident memory of this process and its children, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.peak = 0
+        self.first = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self.first = self._rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _rss(self) -> int:
+        me = psutil.Process()
+        total = me.memory_info().rss
+        for child in me.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(self.interval)
+
+
+def median_run(run, repeats: int) -> dict:
+    results = [run() for _ in range(repeats)]
+    results.sort(key=lambda r: r["seconds"])
+    return results[len(results) // 2]
+
+
+# ----------------------------------------------------------------------------- data
+
+def write_quickstart_like(root: Path, config: BenchConfig) -> None:
+    rng = np.random.default_rng(config.seed)
+    specs = {
+        "babyai/GoToLocal": TaskSpec("babyai", "BabyAI-GoToLocal-v0", observation={
+            "obs_discrete": ModalitySpec([148], "int32", n=11), "obs_text": ModalitySpec([], "string")},
+            action={"act_discrete": ModalitySpec([1], "int32", n=7)}),
+        "metaworld/reach-v3": TaskSpec("metaworld", "reach-v3", observation={"obs_continuous": ModalitySpec([39], "float32")},
+                                       action={"act_continuous": ModalitySpec([4], "float32", low=-1, high=1)}),
+        "atari/pong": TaskSpec("atari", "ALE/Pong-v5", observation={"obs_image": ModalitySpec([84, 84, 4], "uint8")},
+                               action={"act_discrete": ModalitySpec([1], "int32", n=6)}),
+    }
+    plans = {"babyai/GoToLocal": [int(rng.integers(20, 80)) for _ in range(config.babyai_episodes)],
+             "metaworld/reach-v3": [500] * config.metaworld_episodes,
+             "atari/pong": [config.atari_length] * config.atari_episodes}
+    rows = []
+    for task, lengths in plans.items():
+        spec = specs[task]
+        with StepFileWriter(root, task, "part-00000", spec.modalities) as writer:
+            for index, length in enumerate(lengths):
+                writer.add(_episode(task, spec, index, length, rng))
+        rows += writer.index_rows
+    write_index(root, index_table(rows))
+    write_manifest(root, Manifest(name="loader-bench", tasks=specs))
+
+
+def write_image_dataset(root: Path, gigabytes: float, seed: int) -> None:
+    """Atari-shaped steps with incompressible frames, so bytes on disk ~ bytes streamed."""
+    rng = np.random.default_rng(seed)
+    spec = TaskSpec("atari", "noise-v0", observation={"obs_image": ModalitySpec([84, 84, 4], "uint8")},
+                    action={"act_discrete": ModalitySpec([1], "int32", n=18)})
+    tasks = {f"atari/noise-{i}": spec for i in range(3)}
+    step_bytes = 84 * 84 * 4
+    episodes = max(3, int(gigabytes * 1e9 / (step_bytes * 400)))
+    writers = {task: StepFileWriter(root, task, "part-00000", spec.modalities) for task in tasks}
+    for index in range(episodes):
+        task = list(tasks)[index % len(tasks)]
+        frames = rng.integers(0, 256, size=(400, 84, 84, 4), dtype=np.uint8)
+        writers[task].add(Episode(task=task, steps={"obs_image": frames, "act_discrete": rng.integers(0, 18, (400, 1), dtype=np.int32)},
+                                  rewards=np.zeros(400, np.float32), terminated=_last(400), truncated=np.zeros(400, bool),
+                                  run_id="noise", run_index=index, source="training"))
+    rows = [row for writer in writers.values() for row in writer.close()]
+    write_index(root, index_table(rows))
+    write_manifest(root, Manifest(name="rss-bench", tasks=tasks))
+
+
+def _episode(task: str, spec: TaskSpec, index: int, length: int, rng: np.random.Generator) -> Episode:
+    steps: dict = {}
+    if "obs_discrete" in spec.observation:
+        steps["obs_discrete"] = rng.integers(0, 11, (length, 148), dtype=np.int32)
+        steps["obs_text"] = [MISSIONS[index % len(MISSIONS)]] * length
+        steps["act_discrete"] = rng.integers(0, 7, (length, 1), dtype=np.int32)
+    elif "obs_continuous" in spec.observation:
+        t = np.linspace(0, 1, length, dtype=np.float32)[:, None]
+        steps["obs_continuous"] = (np.sin(t * np.arange(1, 40, dtype=np.float32)) + rng.normal(0, 0.01, (length, 39))).astype(np.float32)
+        steps["act_continuous"] = rng.uniform(-1, 1, (length, 4)).astype(np.float32)
+    else:
+        steps["obs_image"] = pong_frames(length, rng)
+        steps["act_discrete"] = rng.integers(0, 6, (length, 1), dtype=np.int32)
+    return Episode(task=task, steps=steps, rewards=np.zeros(length, np.float32), terminated=_last(length),
+                   truncated=np.zeros(length, bool), run_id="bench", run_index=index,
+                   source="training" if index % 5 else "rollout")
+
+
+def pong_frames(length: int, rng: np.random.Generator) -> np.ndarray:
+    """A flat background, two paddles and a ball moving: compresses like real Atari frames."""
+    t = np.arange(length + 3)
+    ball_y = (20 + 30 * np.sin(t / 9 + rng.uniform(0, 6))).astype(int) + 30
+    ball_x = (np.abs((t * 2 + int(rng.integers(0, 80))) % 152 - 76) + 4).astype(int)
+    paddle = np.clip(ball_y - 6, 0, 68)
+    grid = np.arange(84)
+    rows_ball = np.abs(grid[None, :] - ball_y[:, None]) <= 1
+    cols_ball = np.abs(grid[None, :] - ball_x[:, None]) <= 1
+    frames = np.full((length + 3, 84, 84), 87, np.uint8)
+    frames[rows_ball[:, :, None] & cols_ball[:, None, :]] = 236
+    paddle_rows = (grid[None, :] >= paddle[:, None]) & (grid[None, :] < paddle[:, None] + 16)
+    frames[:, :, 76:80][np.broadcast_to(paddle_rows[:, :, None], (length + 3, 84, 4))] = 147
+    return np.stack([frames[k:k + length] for k in range(4)], axis=-1)
+
+
+def _last(length: int) -> np.ndarray:
+    flags = np.zeros(length, bool)
+    flags[-1] = True
+    return flags
+
+
+def _disk_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+if __name__ == "__main__":
+    main(tyro.cli(BenchConfig))
