@@ -277,3 +277,17 @@ def test_uint8_patches_normalize_to_the_float_patches(synth):
     restored = normalize_patches(raw["patches"], raw["patch_channels"], raw["num_patches"])
     torch.testing.assert_close(restored, floats["patches"])
     assert torch.equal(raw["tokens"], floats["tokens"])
+
+
+def test_inspect_cli_prints_json(synth, capsys):
+    import json
+
+    from trainer.data import main
+
+    root, model = synth
+    assert main([root, "--text-model", model, "--sequences", "40", "--sequence-length", "128", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert sum(row["sequences"] for row in report["rows"]) == 40
+    assert {row["task"] for row in report["rows"]} == set(GatoDataset(config(synth)).weights)
+    assert main([root, "--sequences", "5"]) == 2  # text tasks without a text model: one-line error
+    assert "obs_text" in capsys.readouterr().err

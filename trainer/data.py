@@ -296,11 +296,12 @@ class GatoDataset(IterableDataset):
                 "describe": f"roots={self.config.roots} L={self.config.sequence_length} seed={self.config.seed}"}
 
     def fingerprint(self) -> str:
-        """Hash of everything that decides which sequences come out."""
+        """Hash of everything that decides which sequences come out. The rank is not in it:
+        ranks of one run consume alike, so rank 0's saved state resumes every rank."""
         settings = dataclasses.asdict(self.settings)
         payload = json.dumps({"settings": settings, "roots": self.config.roots, "weights": self.weights,
                               "episodes": int(self.catalog.num_episodes), "world_size": self.world_size,
-                              "rank": self.rank, "max_text_tokens": self.config.max_text_tokens,
+                              "max_text_tokens": self.config.max_text_tokens,
                               "ids": hashlib.blake2b(self.catalog.episode_id.tobytes(), digest_size=8).hexdigest()},
                              sort_keys=True, default=str)
         return hashlib.blake2b(payload.encode(), digest_size=12).hexdigest()
