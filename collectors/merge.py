@@ -92,6 +92,12 @@ def build_manifest(spec: DatasetSpec, units: list[WorkUnit], committed: Committe
             continue
         task_spec = task_spec_from_dict(summaries[0]["task_spec"])
         task_spec.expert = _provenance(plan, summaries)
+        task_spec.extra["collection"] = {
+            "seed": plan.seed, "num_envs": plan.num_envs, "max_episode_steps": plan.max_episode_steps,
+            "cut_after_success": plan.cut_after_success,
+            "note": ("expert episodes end cut_after_success steps after the first success, so their returns are "
+                     "not comparable with full-length random episodes") if plan.cut_after_success is not None else "",
+        }
         expert_returns = returns[plan.task].get("rollout", []) + returns[plan.task].get("scripted", [])
         random_returns = returns[plan.task].get("random", [])
         task_spec.expert_return = float(np.mean(expert_returns)) if expert_returns else task_spec.expert_return

@@ -38,6 +38,7 @@ import yaml
 
 EXPERT_KINDS = ("random", "scripted", "train", "checkpoint")
 BUDGETS = ("smoke", "full")
+TRAINERS = ("sb3", "sample-factory")
 
 
 class SpecError(ValueError):
@@ -76,6 +77,10 @@ class TrainingSpec:
     """smoke (minutes on a laptop) or full (a cluster)"""
     record: bool = True
     """record every training episode into the dataset (source=training)"""
+    steps: int | None = None
+    """env steps of training, overriding the budget's (None: the zoo recipe's budget)"""
+    trainer: str | None = None
+    """sb3 or sample-factory, overriding the zoo recipe's default"""
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     """GPUs requested per training run (Ray schedules it on a GPU node)"""
@@ -129,7 +134,8 @@ DOMAIN_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 BASE_DEFAULTS: dict[str, Any] = {
     "expert": {"kind": "scripted", "source": None},
-    "training": {"runs": 1, "budget": "smoke", "record": True, "num_cpus": 1.0, "num_gpus": 0.0},
+    "training": {"runs": 1, "budget": "smoke", "record": True, "steps": None, "trainer": None, "num_cpus": 1.0,
+                 "num_gpus": 0.0},
     "rollout_episodes": 0,
     "random_episodes": 0,
     "episodes_per_unit": 50,
@@ -315,6 +321,11 @@ def _check_training(training: Any, where: str, problems: list[str]) -> None:
         problems.append(f"{where}.runs: expected an integer >= 1, got {training['runs']!r}")
     if "budget" in training and training["budget"] not in BUDGETS:
         problems.append(f"{where}.budget: expected one of {list(BUDGETS)}, got {training['budget']!r}")
+    steps = training.get("steps")
+    if steps is not None and not (_is_int(steps) and steps >= 1):
+        problems.append(f"{where}.steps: expected an integer >= 1 or null, got {steps!r}")
+    if training.get("trainer") is not None and training["trainer"] not in TRAINERS:
+        problems.append(f"{where}.trainer: expected one of {list(TRAINERS)} or null, got {training['trainer']!r}")
     if "record" in training and not isinstance(training["record"], bool):
         problems.append(f"{where}.record: expected true or false, got {training['record']!r}")
     for key in ("num_cpus", "num_gpus"):

@@ -41,6 +41,8 @@ class WorkUnit:
     """unit id of the training run whose checkpoint this unit rolls out"""
     budget: str = "smoke"
     record: bool = True
+    train_steps: int | None = None
+    trainer: str | None = None
     num_envs: int = 8
     max_episode_steps: int | None = None
     cut_after_success: int | None = None
@@ -87,7 +89,7 @@ def _training_units(plan: TaskPlan) -> list[WorkUnit]:
     return [
         WorkUnit(task=plan.task, kind="training", name=f"train-{r:03d}", seed=derive_seed(plan.seed, plan.task, "train", r),
                  episodes=0, first_index=0, run_id=f"train-{r:03d}", expert="train", budget=t.budget,
-                 record=t.record, num_envs=plan.num_envs, max_episode_steps=plan.max_episode_steps,
+                 record=t.record, train_steps=t.steps, trainer=t.trainer, num_envs=plan.num_envs, max_episode_steps=plan.max_episode_steps,
                  num_cpus=t.num_cpus, num_gpus=t.num_gpus)
         for r in range(t.runs)
     ]

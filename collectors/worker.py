@@ -178,7 +178,8 @@ def _train(root: Root, unit: WorkUnit, on_episode: _Stamper | None) -> dict[str,
 
     with tempfile.TemporaryDirectory(prefix="gatoforge-train-") as scratch:
         checkpoint = os.fspath(train(unit.task, budget=unit.budget, out_dir=scratch, seed=unit.seed,
-                                     on_episode=on_episode, write_episodes=False))
+                                     on_episode=on_episode, write_episodes=False, steps=unit.train_steps,
+                                     trainer=unit.trainer))
         provenance = _provenance_beside(checkpoint)
         relative = _store_checkpoint(root, unit, checkpoint)
         for path in _provenance_paths(checkpoint):
