@@ -6,6 +6,8 @@ Observation batch handed to experts: ``{"discrete": (N, 148) int64, "mission": t
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from typing import Any
 
 import gymnasium as gym
@@ -77,7 +79,8 @@ class BabyAIObservation(gym.Wrapper):
         })
 
     def reset(self, **kwargs):
-        obs, info = self.env.reset(**kwargs)
+        with contextlib.redirect_stdout(sys.stderr):  # minigrid prints "Sampling rejected" (keeps --json clean)
+            obs, info = self.env.reset(**kwargs)
         return self._convert(obs), info
 
     def step(self, action):
