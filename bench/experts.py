@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,12 +199,17 @@ def _reference(task: str) -> dict:
 
 
 def merge(section: str, figures: dict) -> None:
+    """Read-modify-write under a lock: sections run concurrently in the background."""
+    import fcntl
+
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    data[section] = {**figures, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
-    tmp.replace(RESULTS)
+    with open(Path(tempfile.gettempdir()) / "gatoforge_bench_experts.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        data[section] = {**figures, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        tmp = RESULTS.with_suffix(f".json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+        tmp.replace(RESULTS)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ episode's first observation.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import json
@@ -74,11 +75,13 @@ class TaskEntry:
         """
         if num_envs < 1:
             raise ValueError(f"num_envs={num_envs}; expected >= 1")
-        return self.adapter.make_vector(self.task_id, num_envs, seed, vectorization)
+        with _explain_missing(self.domain):
+            return self.adapter.make_vector(self.task_id, num_envs, seed, vectorization)
 
     def make_single_env(self, seed: int = 0) -> gym.Env:
         """One preprocessed env (what SB3 and sample-factory wrap themselves)."""
-        return self.adapter.make_single(self.task_id, seed)
+        with _explain_missing(self.domain):
+            return self.adapter.make_single(self.task_id, seed)
 
     def task_spec(self, expert: dict[str, Any] | None = None) -> TaskSpec:
         reference = reference_scores(self.task_id)
@@ -127,6 +130,22 @@ def reference_scores(task_id: str) -> dict[str, Any]:
         return {}
     row = table[key]
     return {"key": key, "expert": row.get("expert", {}).get("mean"), "random": row.get("random", {}).get("mean")}
+
+
+#: The pip package each domain's environments come from (pinned in requirements/constraints.txt).
+DOMAIN_PACKAGES = {"atari": "ale-py", "dmc": "dm-control", "metaworld": "metaworld", "babyai": "minigrid",
+                   "procgen": "procgen2"}
+
+
+@contextlib.contextmanager
+def _explain_missing(domain: str):
+    """Turn a bare ImportError into one naming the package to install."""
+    try:
+        yield
+    except ImportError as error:
+        package = DOMAIN_PACKAGES[domain]
+        raise ImportError(f"{domain} environments need {package} ({error}): "
+                          f"pip install -c requirements/constraints.txt {package}") from error
 
 
 @functools.cache
