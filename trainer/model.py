@@ -405,20 +405,12 @@ class Gato(nn.Module):
         return h @ weight.T
 
     def configure_optimizer(self, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
-        """AdamW; weight decay on matrices only (not on norms, biases or embeddings' duplicates)."""
+        """AdamW; weight decay on matrices and tables, not on norm gains or biases (nanoGPT)."""
         params = {n: p for n, p in self.named_parameters() if p.requires_grad}
         decay = [p for p in params.values() if p.dim() >= 2]
         no_decay = [p for p in params.values() if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=False)
-
-    def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token (forward + backward) as in the PaLM/nanoGPT estimate,
-        counting the head only at the target positions is left out (it is ~1% of tokens)."""
-        c = self.config
-        dense = sum(p.numel() for n, p in self.named_parameters()
-                    if n.startswith("blocks."))
-        return 6 * dense + 12 * c.n_layer * c.n_embd * seq_len
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
