@@ -43,7 +43,7 @@ SUMMARY_KEY = b"gatoforge.unit"
 REPORT_EVERY_S = 0.5
 
 
-def run_unit(root_uri: str, unit: WorkUnit, trained: dict[str, Any] | None = None, board: Any = None) -> dict[str, Any]:
+def run_unit(root_uri: str | Root, unit: WorkUnit, trained: dict[str, Any] | None = None, board: Any = None) -> dict[str, Any]:
     """Collect ``unit`` into ``root_uri`` and commit it; returns its summary (idempotent).
 
     ``trained`` is the summary of the training unit whose checkpoint a rollout unit uses.
