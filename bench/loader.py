@@ -19,7 +19,8 @@ Measured in one run (medians of ``repeats``):
 - memory: peak RSS (main process + workers, sampled every 50 ms with psutil) while streaming
   an image-only dataset of ``big_gb`` GB on disk (incompressible frames) and one a tenth of
   that size: flat means the two peaks are close.
-Prints JSON and writes bench/results/loader.json.
+Prints JSON and writes bench/results/loader.json. The machine's load average is recorded:
+on a shared 2-core machine the runs with DataLoader workers compete with other processes.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def main(config: BenchConfig) -> dict:
         fit_text_model([str(root)], model)
         build_seconds = time.perf_counter() - t0
         steps = int(Dataset(str(root)).index["length"].to_numpy().sum())
-        result: dict = {"benchmark": "loader", "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        result: dict = {"benchmark": "loader", "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                                           "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
                         "config": vars(config), "dataset": {"steps": steps, "bytes_on_disk": _disk_bytes(root),
                                                             "build_seconds": round(build_seconds, 2)}}
         raw = median_run(lambda: raw_decode(root), config.repeats)
@@ -110,6 +112,7 @@ def main(config: BenchConfig) -> dict:
             "padding_le_0.05": result["padding_fraction"]["one_pass"] <= 0.05,
             "rss_flat": result["memory"]["peak_rss_ratio_big_vs_small"] <= 1.25,
         }
+        result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(result, indent=2))
         out = Path(config.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -151,6 +151,7 @@ class GatoDataset(IterableDataset):
         config.validate()
         self.config = config
         self.batch_size = batch_size
+        self.pack_patches = False
         if rank is None or world_size is None:
             rank, world_size = _distributed_rank()
         if not 0 <= rank < world_size:
@@ -205,27 +206,36 @@ class GatoDataset(IterableDataset):
                 batch = self.collate(sequences, self.max_patches, shared)
                 yield {key: value[0] for key, value in batch.items()}
             else:
-                yield self.collate(sequences, self.config.max_patches, shared)
+                yield self.collate(sequences, self.config.max_patches, shared, packed=self.pack_patches)
 
     def collate(self, sequences: list[Assembled], max_patches: int | None = None,
-                shared: bool = False) -> dict[str, torch.Tensor]:
+                shared: bool = False, packed: bool = False) -> dict[str, torch.Tensor]:
         """Assembled sequences -> the contract's tensors with a leading batch dimension; P is
         ``max_patches`` or, when None, the most patches any of these sequences has (>= 1).
-        Pixels are scaled straight into the output (one float write per value)."""
+        Pixels are scaled straight into the output (one float write per value).
+
+        ``packed``: patches go back to back as ``packed_patches`` (N, 4, 16, 16) (and
+        ``packed_patch_rows``/``_cols``) without padding slots; ``unpack_patches`` restores the
+        contract's (B, P, ...) layout. Moving only real patches between processes is what
+        SequenceLoader does: a batch's padding slots cost as much to move as real ones."""
         length, size = self.config.sequence_length, len(sequences)
         counts = [len(seq.raw_patches) for seq in sequences]
         patch_slots = max_patches or max(1, max(counts))
         if max(counts) > patch_slots:
             raise ValueError(f"a sequence holds {max(counts)} patches, more than max_patches={patch_slots}")
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        if packed:
+            patch_slots = max(1, int(starts[-1]))
         make = _shared_zeros if shared else _zeros
         tokens = make((size, length), torch.int64)
         loss_mask = make((size, length), torch.bool)
         attention = make((size, length), torch.bool)
         local = make((size, length), torch.int64)
         raw_pixels = self.config.patch_dtype == "uint8"
-        patches = make((size, patch_slots, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), torch.uint8 if raw_pixels else torch.float32)
-        rows = make((size, patch_slots, 2), torch.float32)
-        cols = make((size, patch_slots, 2), torch.float32)
+        lead = (1,) if packed else (size,)
+        patches = make((*lead, patch_slots, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), torch.uint8 if raw_pixels else torch.float32)
+        rows = make((*lead, patch_slots, 2), torch.float32)
+        cols = make((*lead, patch_slots, 2), torch.float32)
         num_patches = make((size,), torch.int64)
         arrays = [t.numpy() for t in (tokens, loss_mask, attention, local, patches, rows, cols, num_patches)]
         tokens_np, loss_np, attention_np, local_np, patches_np, rows_np, cols_np, count_np = arrays
@@ -238,16 +248,21 @@ class GatoDataset(IterableDataset):
             attention_np[b, :n] = True
             local_np[b, :n] = seq.local_positions
             if p:
+                row, slots = (0, slice(int(starts[b]), int(starts[b + 1]))) if packed else (b, slice(0, p))
+                channels = seq.raw_patches.shape[1]
                 if raw_pixels:
-                    patches_np[b, :p, :seq.raw_patches.shape[1]] = seq.raw_patches
+                    patches_np[row, slots, :channels] = seq.raw_patches
                 else:
-                    scale_patches(seq.raw_patches, out=patches_np[b, :p, :seq.raw_patches.shape[1]])
-                rows_np[b, :p] = seq.patch_rows
-                cols_np[b, :p] = seq.patch_cols
+                    scale_patches(seq.raw_patches, out=patches_np[row, slots, :channels])
+                rows_np[row, slots] = seq.patch_rows
+                cols_np[row, slots] = seq.patch_cols
             count_np[b] = p
         batch = {"tokens": tokens, "loss_mask": loss_mask, "attention_mask": attention, "local_positions": local,
-                 "is_image": tokens == IMAGE_PLACEHOLDER, "patches": patches, "patch_rows": rows, "patch_cols": cols,
-                 "num_patches": num_patches}
+                 "is_image": tokens == IMAGE_PLACEHOLDER, "num_patches": num_patches}
+        if packed:
+            batch.update(packed_patches=patches[0], packed_patch_rows=rows[0], packed_patch_cols=cols[0])
+        else:
+            batch.update(patches=patches, patch_rows=rows, patch_cols=cols)
         if raw_pixels:
             batch["patch_channels"] = torch.tensor([seq.raw_patches.shape[1] for seq in sequences], dtype=torch.int64)
         if self.config.observation_targets:
@@ -316,6 +331,7 @@ class SequenceLoader:
     def __init__(self, dataset: GatoDataset, batch_size: int, num_workers: int = 0, **loader_kwargs) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
+        self.pack_patches = False
         self.num_workers = num_workers
         self.loader_kwargs = loader_kwargs
         self.consumed = [0] * max(1, num_workers)
@@ -331,6 +347,8 @@ class SequenceLoader:
         turn = 0
         workers = len(self.consumed)
         for batch in loader:
+            if "packed_patches" in batch:
+                batch = unpack_patches(batch, self.dataset.config.max_patches)
             size = len(batch["tokens"])
             self.consumed[turn % workers] += size
             turn += 1
@@ -362,7 +380,24 @@ def make_loader(config: DataConfig, batch_size: int, num_workers: int = 0, rank:
                 world_size: int | None = None, **loader_kwargs) -> SequenceLoader:
     """The loader a training loop uses: batches of the contract's tensors, resumable."""
     dataset = GatoDataset(config, rank, world_size, batch_size=batch_size)
+    dataset.pack_patches = num_workers > 0  # workers send only real patches; see GatoDataset.collate
     return SequenceLoader(dataset, batch_size, num_workers, **loader_kwargs)
+
+
+def unpack_patches(batch: dict[str, torch.Tensor], max_patches: int | None = None) -> dict[str, torch.Tensor]:
+    """Packed patches (N, ...) -> the contract's (B, P, ...) with zero padding slots."""
+    counts = batch["num_patches"].tolist()
+    slots = max_patches or max(1, max(counts))
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+    out = dict(batch)
+    for packed_key, key in (("packed_patches", "patches"), ("packed_patch_rows", "patch_rows"),
+                            ("packed_patch_cols", "patch_cols")):
+        packed = out.pop(packed_key).numpy()
+        full = np.zeros((len(counts), slots, *packed.shape[1:]), packed.dtype)
+        for b, count in enumerate(counts):
+            full[b, :count] = packed[starts[b]:starts[b + 1]]
+        out[key] = torch.from_numpy(full)
+    return out
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
