@@ -153,13 +153,12 @@ def _train_curve(task: str, cfg: BenchConfig) -> dict:
 
     start = time.perf_counter()
     checkpoint = train(task, budget="full", out_dir=out, seed=0, on_episode=on_episode,
-                       max_wall_seconds=cfg.minutes * 60)
+                       max_wall_seconds=cfg.minutes * 60, eval_episodes=4)
     wall = time.perf_counter() - start
-    from experts import rollout
 
-    evaluation = rollout(task, str(checkpoint), num_envs=2, episodes=4, seed=1000).summary()
     best = max((c["return"] for c in curve), default=None)
     provenance = json.loads(Path(str(checkpoint).removesuffix(".zip") + ".json").read_text())
+    evaluation = provenance["final_eval"]
     return {"task": task, "budget_steps": provenance["budget_steps"], "steps_done": provenance["steps_done"],
             "wall_seconds": round(wall, 1), "stopped_by_wall_cap": provenance.get("stopped_early", False),
             "best_training_episode_return": best, "final_eval": evaluation, "curve": curve,
@@ -167,8 +166,9 @@ def _train_curve(task: str, cfg: BenchConfig) -> dict:
 
 
 def bench_smoke(cfg: BenchConfig) -> dict:
-    """Smoke-budget training through SB3 and sample-factory on Atari and Procgen, then reload."""
-    from experts import rollout
+    """Smoke-budget training through SB3 and sample-factory on Atari and Procgen; the saved
+    checkpoint, reloaded here, must reproduce the evaluation train() ran on the trained policy."""
+    from experts import load_expert, rollout
     from experts.train import train
 
     rows = {}
@@ -177,17 +177,23 @@ def bench_smoke(cfg: BenchConfig) -> dict:
             episodes: list = []
             start = time.perf_counter()
             out = cfg.out / "smoke" / f"{task.replace('/', '_')}_{algo}"
-            checkpoint = train(task, budget="smoke", out_dir=out, seed=0, on_episode=episodes.append, trainer=algo)
+            checkpoint = train(task, budget="smoke", out_dir=out, seed=0, on_episode=episodes.append, trainer=algo,
+                               eval_episodes=2, eval_seed=123)
             seconds = time.perf_counter() - start
-            a = rollout(task, str(checkpoint), num_envs=2, episodes=2, seed=123).summary()
-            b = rollout(task, str(checkpoint), num_envs=2, episodes=2, seed=123).summary()
+            provenance = json.loads(Path(f"{str(checkpoint).removesuffix('.zip')}.json").read_text())
+            trained = provenance["final_eval"]
+            reloaded = rollout(task, load_expert(task, str(checkpoint)), num_envs=2, episodes=2, seed=123)
             rows[f"{task} {algo}"] = {
-                "checkpoint": str(checkpoint), "train_seconds": round(seconds, 1),
-                "training_episodes": len(episodes),
+                "checkpoint": str(checkpoint), "algorithm": provenance["algorithm"],
+                "budget_steps": provenance["budget_steps"], "steps_done": provenance["steps_done"],
+                "train_seconds": round(seconds, 1), "training_episodes": len(episodes),
+                "training_episodes_written": provenance["training_episodes"],
                 "training_run_indices_in_order": [e.run_index for e in episodes] == list(range(len(episodes))),
-                "training_returns": [e.episode_return for e in episodes][:20],
-                "eval_return_first_load": a["mean_return"], "eval_return_second_load": b["mean_return"],
-                "reload_reproduces": a["mean_return"] == b["mean_return"],
+                "training_returns": [e.episode_return for e in episodes],
+                "eval_returns_trained_policy": trained["returns"], "eval_returns_reloaded": reloaded.returns,
+                "reload_reproduces": trained["returns"] == reloaded.returns
+                and trained["lengths"] == reloaded.lengths,
+                "reference": _reference(task),
             }
     return rows
 

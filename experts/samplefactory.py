@@ -101,8 +101,9 @@ class SampleFactoryExpert:
 
 def train_sample_factory(entry: TaskEntry, recipe: Recipe, out_dir: Path, seed: int,
                          on_episode: Callable[[Episode], Any] | None, run_id: str,
-                         max_wall_seconds: float | None = None) -> tuple[Path, dict[str, Any]]:
-    """APPO through sample-factory's runner in serial mode; returns the experiment dir."""
+                         max_wall_seconds: float | None = None) -> tuple[Path, dict[str, Any], SampleFactoryExpert]:
+    """APPO through sample-factory's runner in serial mode; returns the experiment dir, facts
+    for the provenance and the policy as saved (sample-factory keeps its learner to itself)."""
     _require_sample_factory()
     from sample_factory.cfg.arguments import parse_full_cfg, parse_sf_args
     from sample_factory.envs.env_utils import register_env
@@ -137,8 +138,9 @@ def train_sample_factory(entry: TaskEntry, recipe: Recipe, out_dir: Path, seed: 
         _ACTIVE.clear()
     if status != 0:
         raise RuntimeError(f"sample-factory training of {entry.task_id} exited with status {status}")
-    return out_dir / EXPERIMENT, {"steps_done": recorder.policy_steps, "stopped_early": False,
-                                   "sf_wall_seconds": round(time.perf_counter() - start, 1)}
+    facts = {"steps_done": recorder.policy_steps, "stopped_early": False,
+             "sf_wall_seconds": round(time.perf_counter() - start, 1)}
+    return out_dir / EXPERIMENT, facts, SampleFactoryExpert.load(entry, out_dir / EXPERIMENT)
 
 
 def make_sf_env(full_env_name: str, cfg: Any = None, env_config: Any = None, render_mode: str | None = None):

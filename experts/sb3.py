@@ -23,6 +23,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import DummyVecEnv, VecTransposeImage, is_vecenv_wrapped
 
 from experts.base import ExpertError, check_spaces
 from experts.recorder import EpisodeRecorder
@@ -69,10 +71,10 @@ class SB3Expert:
 
 def train_sb3(entry: TaskEntry, recipe: Recipe, out_dir: Path, seed: int,
               on_episode: Callable[[Episode], Any] | None, run_id: str,
-              max_wall_seconds: float | None = None, progress: bool = False) -> tuple[Path, dict[str, Any]]:
-    """Train per ``recipe``; returns the saved ``model.zip`` and facts for the provenance."""
-    from stable_baselines3.common.vec_env import DummyVecEnv
-
+              max_wall_seconds: float | None = None,
+              progress: bool = False) -> tuple[Path, dict[str, Any], SB3Expert]:
+    """Train per ``recipe``; returns the saved ``model.zip``, facts for the provenance and the
+    in-memory policy (to evaluate what was saved against what was trained)."""
     if entry.domain == "babyai":
         make = lambda i: GridOnly(entry.make_single_env(seed + i))  # noqa: E731
     else:
@@ -88,55 +90,48 @@ def train_sb3(entry: TaskEntry, recipe: Recipe, out_dir: Path, seed: int,
     path = out_dir / "model.zip"
     model.save(str(path))
     venv.close()
-    return path, {"steps_done": int(model.num_timesteps), "stopped_early": callback.stopped_early,
-                  "training_episodes": callback.recorder.episodes_done if callback.recorder else 0}
+    facts = {"steps_done": int(model.num_timesteps), "stopped_early": callback.stopped_early}
+    return path, facts, SB3Expert(model, recipe.algo)
 
 
-class RecordingCallback:
-    """SB3 callback feeding each rollout step to an EpisodeRecorder (built lazily: needs the env)."""
+class RecordingCallback(BaseCallback):
+    """Feeds each SB3 rollout step to an EpisodeRecorder and enforces an optional wall-time cap."""
 
-    def __new__(cls, *args, **kwargs):
-        from stable_baselines3.common.callbacks import BaseCallback
+    def __init__(self, entry: TaskEntry, on_episode: Callable[[Episode], Any] | None, run_id: str, seed: int,
+                 max_wall_seconds: float | None = None) -> None:
+        super().__init__()
+        self.entry, self.on_episode, self.run_id, self.seed = entry, on_episode, run_id, seed
+        self.max_wall_seconds = max_wall_seconds
+        self.recorder: EpisodeRecorder | None = None
+        self.stopped_early = False
+        self._transpose = False
+        self._start = time.perf_counter()
 
-        class _Recording(BaseCallback):
-            def __init__(self, entry, on_episode, run_id, seed, max_wall_seconds):
-                super().__init__()
-                self.entry, self.on_episode, self.run_id, self.seed = entry, on_episode, run_id, seed
-                self.max_wall_seconds = max_wall_seconds
-                self.recorder: EpisodeRecorder | None = None
-                self.stopped_early = False
-                self._transpose = False
+    def _on_training_start(self) -> None:
+        self._start = time.perf_counter()
+        self._transpose = is_vecenv_wrapped(self.training_env, VecTransposeImage)
+        self.recorder = EpisodeRecorder(self.entry, self.training_env.num_envs, "training", self.run_id, self.seed,
+                                        on_episode=self.on_episode, start_policy_steps=self.model.num_timesteps)
 
-            def _on_training_start(self) -> None:
-                from stable_baselines3.common.vec_env import VecTransposeImage, is_vecenv_wrapped
-
-                self._start = time.perf_counter()
-                self._transpose = is_vecenv_wrapped(self.training_env, VecTransposeImage)
-                self.recorder = EpisodeRecorder(self.entry, self.training_env.num_envs, "training", self.run_id,
-                                                self.seed, on_episode=self.on_episode,
-                                                start_policy_steps=self.model.num_timesteps)
-
-            def _on_step(self) -> bool:
-                obs = getattr(self.model, "_last_original_obs", None)
-                if obs is None:
-                    obs = self.model._last_obs
-                if self._transpose:
-                    obs = np.transpose(obs, (0, 2, 3, 1))
-                if self.entry.domain == "babyai":
-                    obs = _babyai_obs(obs, self.locals["infos"])
-                actions = self.locals.get("clipped_actions", self.locals.get("actions"))
-                dones = np.asarray(self.locals["dones"], dtype=bool)
-                infos = self.locals["infos"]
-                truncated = np.array([bool(i.get("TimeLimit.truncated", False)) for i in infos]) & dones
-                self.recorder.add_step(obs, actions, self.locals["rewards"], dones & ~truncated, truncated, infos)
-                if self.max_wall_seconds and time.perf_counter() - self._start > self.max_wall_seconds:
-                    logger.warning("wall-time cap of %.0f s reached at %d steps", self.max_wall_seconds,
-                                   self.model.num_timesteps)
-                    self.stopped_early = True
-                    return False
-                return True
-
-        return _Recording(*args, **kwargs)
+    def _on_step(self) -> bool:
+        # At callback time SB3 has not yet replaced _last_obs: it is the observation acted on.
+        obs = getattr(self.model, "_last_original_obs", None)
+        if obs is None:
+            obs = self.model._last_obs
+        if self._transpose:  # SB3 showed the CNN channels-first images; shards keep the env's layout
+            obs = np.transpose(obs, (0, 2, 3, 1))
+        infos = self.locals["infos"]
+        if self.entry.domain == "babyai":
+            obs = {"discrete": obs, "mission": tuple(i.get("mission", "") for i in infos)}
+        actions = self.locals.get("clipped_actions", self.locals.get("actions"))
+        dones = np.asarray(self.locals["dones"], dtype=bool)
+        truncated = np.array([bool(i.get("TimeLimit.truncated", False)) for i in infos]) & dones
+        self.recorder.add_step(obs, actions, self.locals["rewards"], dones & ~truncated, truncated, infos)
+        if self.max_wall_seconds and time.perf_counter() - self._start > self.max_wall_seconds:
+            logger.warning("wall-time cap of %.0f s reached at %d steps", self.max_wall_seconds, self.model.num_timesteps)
+            self.stopped_early = True
+            return False
+        return True
 
 
 def algorithm_class(algo: str):
@@ -178,10 +173,6 @@ class GridOnly(gym.Wrapper):
         return obs["discrete"], reward, terminated, truncated, info
 
 
-def _babyai_obs(discrete: np.ndarray, infos: list[dict]) -> dict[str, Any]:
-    return {"discrete": discrete, "mission": tuple(i.get("mission", "") for i in infos)}
-
-
 def _env_fn(make: Callable[[int], gym.Env], i: int, clip_reward: bool) -> Callable[[], gym.Env]:
     def build() -> gym.Env:
         env = make(i)
@@ -213,10 +204,9 @@ def _algorithm_of(path: Path) -> str:
             data = json.loads(archive.read("data"))
     except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
         raise ExpertError(f"{path}: not an SB3 checkpoint ({error})") from None
-    module = data.get("policy_class", {}).get(":serialized:", "")
-    text = json.dumps(data.get("policy_class", {}))
+    policy_class = json.dumps(data.get("policy_class", {}))  # holds the policy's __module__
     for prefix, algo in POLICY_MODULES.items():
-        if prefix in text or prefix in module:
+        if prefix in policy_class:
             return algo
     raise ExpertError(f"{path}: cannot tell which SB3 algorithm saved it; put a provenance JSON "
                       f"({provenance.name} with 'algorithm') beside it")

@@ -35,11 +35,14 @@ logger = logging.getLogger(__name__)
 def train(task_id: str, budget: str = "smoke", out_dir: str | Path | None = None, seed: int = 0,
           on_episode: Callable[[Episode], Any] | None = None, trainer: str | None = None,
           steps: int | None = None, max_wall_seconds: float | None = None, write_episodes: bool = True,
-          progress: bool = False) -> Path:
+          progress: bool = False, eval_episodes: int = 4, eval_seed: int = 1000) -> Path:
     """Train ``task_id`` with its zoo recipe; returns the checkpoint path (.zip or SF dir).
 
     ``trainer`` picks ``sb3`` or ``sample-factory`` over the zoo's default; ``steps``
     overrides the budget's step count (tests); ``max_wall_seconds`` stops early (recorded).
+    The trained policy is evaluated for ``eval_episodes`` on 2 envs seeded ``eval_seed``
+    (deterministic actions) and the returns go in the provenance, so a reloaded checkpoint
+    can be checked against them.
     """
     entry = get_task(task_id)
     _limit_threads()
@@ -61,15 +64,24 @@ def train(task_id: str, budget: str = "smoke", out_dir: str | Path | None = None
         if recipe.trainer == "sb3":
             from experts.sb3 import train_sb3
 
-            checkpoint, facts = train_sb3(entry, recipe, out_dir, seed, sink, run_id, max_wall_seconds, progress)
+            checkpoint, facts, policy = train_sb3(entry, recipe, out_dir, seed, sink, run_id, max_wall_seconds,
+                                                  progress)
             provenance_path = checkpoint.with_suffix(".json")
         else:
             from experts.samplefactory import train_sample_factory
 
-            checkpoint, facts = train_sample_factory(entry, recipe, out_dir, seed, sink, run_id, max_wall_seconds)
+            checkpoint, facts, policy = train_sample_factory(entry, recipe, out_dir, seed, sink, run_id,
+                                                             max_wall_seconds)
             provenance_path = checkpoint.with_name(checkpoint.name + ".json")
     finally:
         sink.close()
+    if eval_episodes > 0:
+        from experts.rollout import rollout
+
+        result = rollout(task_id, policy, num_envs=2, episodes=eval_episodes, seed=eval_seed)
+        facts["final_eval"] = {"seed": eval_seed, "num_envs": 2, "deterministic": True, "returns": result.returns,
+                               "lengths": result.lengths, "mean_return": result.mean_return,
+                               "success_rate": result.success_rate}
     provenance = {**recipe.provenance(), **facts, "seed": seed, "run_id": run_id,
                   "wall_seconds": round(time.perf_counter() - start, 1), "training_episodes": sink.count,
                   "episodes_root": str(sink.root) if write_episodes else None,

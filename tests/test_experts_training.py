@@ -20,7 +20,7 @@ def _train(tmp_path_factory, trainer: str):
     out = tmp_path_factory.mktemp(trainer)
     episodes = []
     checkpoint = train(TASK, budget="smoke", out_dir=out, seed=3, on_episode=episodes.append, trainer=trainer,
-                       steps=1024)
+                       steps=512, eval_episodes=2, eval_seed=40)
     return out, checkpoint, episodes
 
 
@@ -40,7 +40,7 @@ def _check_training_episodes(out, episodes):
     assert [e.run_index for e in episodes] == list(range(len(episodes)))
     assert all(e.source == "training" and e.seed == 3 for e in episodes)
     assert min(e.policy_steps for e in episodes) == 0
-    assert max(e.policy_steps + e.length for e in episodes) <= 1024 + 512
+    assert max(e.policy_steps + e.length for e in episodes) <= 512 + 512
     dataset = Dataset(out / "episodes")
     assert validate(out / "episodes") == []
     index = dataset.index.to_pandas() if hasattr(dataset.index, "to_pandas") else dataset.index
@@ -59,15 +59,16 @@ def test_sb3_records_training_episodes_in_order(sb3_run):
     _check_training_episodes(out, episodes)
     provenance = json.loads((out / "model.json").read_text())
     assert provenance["algorithm"] == "ppo" and provenance["trainer"] == "sb3"
-    assert provenance["budget"] == "smoke" and provenance["seed"] == 3 and provenance["steps_done"] >= 1024
+    assert provenance["budget"] == "smoke" and provenance["seed"] == 3 and provenance["steps_done"] >= 512
     assert provenance["hyperparams"]["n_steps"] == 64 and "stable-baselines3" in provenance["versions"]
 
 
 def test_sb3_checkpoint_reproduces_its_evaluation(sb3_run):
-    _, checkpoint, _ = sb3_run
-    a = rollout(TASK, str(checkpoint), num_envs=2, episodes=4, seed=21)
-    b = rollout(TASK, load_expert(TASK, str(checkpoint.parent)), num_envs=2, episodes=4, seed=21)
-    assert a.returns == b.returns and a.lengths == b.lengths
+    out, checkpoint, _ = sb3_run
+    trained = json.loads((out / "model.json").read_text())["final_eval"]
+    assert len(trained["returns"]) == 2
+    reloaded = rollout(TASK, load_expert(TASK, str(checkpoint.parent)), num_envs=2, episodes=2, seed=trained["seed"])
+    assert reloaded.returns == trained["returns"] and reloaded.lengths == trained["lengths"]
 
 
 def test_sb3_checkpoint_from_hub_cache_offline(sb3_run, tmp_path, monkeypatch):
@@ -104,9 +105,9 @@ def test_sample_factory_records_and_reloads(sf_run):
     _check_training_episodes(out, episodes)
     provenance = json.loads((out / "sample_factory.json").read_text())
     assert provenance["algorithm"] == "appo" and provenance["trainer"] == "sample-factory"
-    a = rollout(TASK, str(checkpoint), num_envs=2, episodes=4, seed=8)
-    b = rollout(TASK, str(checkpoint), num_envs=2, episodes=4, seed=8)
-    assert a.returns == b.returns and a.lengths == b.lengths
+    trained = provenance["final_eval"]
+    reloaded = rollout(TASK, str(checkpoint), num_envs=2, episodes=2, seed=trained["seed"])
+    assert reloaded.returns == trained["returns"] and reloaded.lengths == trained["lengths"]
     with pytest.raises(ExpertError, match="shapes differ"):
         load_expert("dmc/cartpole-swingup", str(checkpoint))
 
