@@ -226,26 +226,33 @@ class GatoDataset(IterableDataset):
         starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         if packed:
             patch_slots = max(1, int(starts[-1]))
-        make = _shared_zeros if shared else _zeros
-        tokens = make((size, length), torch.int64)
-        loss_mask = make((size, length), torch.bool)
-        attention = make((size, length), torch.bool)
-        local = make((size, length), torch.int64)
         raw_pixels = self.config.patch_dtype == "uint8"
-        lead = (1,) if packed else (size,)
-        patches = make((*lead, patch_slots, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), torch.uint8 if raw_pixels else torch.float32)
-        rows = make((*lead, patch_slots, 2), torch.float32)
-        cols = make((*lead, patch_slots, 2), torch.float32)
-        num_patches = make((size,), torch.int64)
-        arrays = [t.numpy() for t in (tokens, loss_mask, attention, local, patches, rows, cols, num_patches)]
-        tokens_np, loss_np, attention_np, local_np, patches_np, rows_np, cols_np, count_np = arrays
+        pixel_type = torch.uint8 if raw_pixels else torch.float32
+        lead = () if packed else (size,)
+        names = ("packed_patches", "packed_patch_rows", "packed_patch_cols") if packed else ("patches", "patch_rows", "patch_cols")
+        specs = {"tokens": ((size, length), torch.int64), "loss_mask": ((size, length), torch.bool),
+                 "attention_mask": ((size, length), torch.bool), "local_positions": ((size, length), torch.int64),
+                 "is_image": ((size, length), torch.bool), "num_patches": ((size,), torch.int64),
+                 names[0]: ((*lead, patch_slots, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), pixel_type),
+                 names[1]: ((*lead, patch_slots, 2), torch.float32), names[2]: ((*lead, patch_slots, 2), torch.float32)}
+        if raw_pixels:
+            specs["patch_channels"] = ((size,), torch.int64)
+        if self.config.observation_targets:
+            specs["obs_targets"] = ((size, length), torch.int64)
+            specs["obs_target_mask"] = ((size, length), torch.bool)
+        batch = _allocate(specs, shared)
+        view = {key: tensor.numpy() for key, tensor in batch.items()}
+        tokens_np, local_np = view["tokens"], view["local_positions"]
+        patches_np, rows_np, cols_np = (view[name] for name in names)
+        if packed:
+            patches_np, rows_np, cols_np = patches_np[None], rows_np[None], cols_np[None]
         tokens_np.fill(PAD)
         local_np.fill(-1)
         for b, seq in enumerate(sequences):
             n, p = len(seq.tokens), counts[b]
             tokens_np[b, :n] = seq.tokens
-            loss_np[b, :n] = seq.loss_mask
-            attention_np[b, :n] = True
+            view["loss_mask"][b, :n] = seq.loss_mask
+            view["attention_mask"][b, :n] = True
             local_np[b, :n] = seq.local_positions
             if p:
                 row, slots = (0, slice(int(starts[b]), int(starts[b + 1]))) if packed else (b, slice(0, p))
@@ -256,20 +263,16 @@ class GatoDataset(IterableDataset):
                     scale_patches(seq.raw_patches, out=patches_np[row, slots, :channels])
                 rows_np[row, slots] = seq.patch_rows
                 cols_np[row, slots] = seq.patch_cols
-            count_np[b] = p
-        batch = {"tokens": tokens, "loss_mask": loss_mask, "attention_mask": attention, "local_positions": local,
-                 "is_image": tokens == IMAGE_PLACEHOLDER, "num_patches": num_patches}
-        if packed:
-            batch.update(packed_patches=patches[0], packed_patch_rows=rows[0], packed_patch_cols=cols[0])
-        else:
-            batch.update(patches=patches, patch_rows=rows, patch_cols=cols)
-        if raw_pixels:
-            batch["patch_channels"] = torch.tensor([seq.raw_patches.shape[1] for seq in sequences], dtype=torch.int64)
+            view["num_patches"][b] = p
+            if raw_pixels:
+                view["patch_channels"][b] = seq.raw_patches.shape[1] if p else 0
+        np.equal(tokens_np, IMAGE_PLACEHOLDER, out=view["is_image"])
         if self.config.observation_targets:
-            target_mask = (local >= 0) & ~loss_mask
-            target_mask[:, 0] = False
-            batch["obs_targets"] = tokens.clone()
-            batch["obs_target_mask"] = target_mask
+            view["obs_targets"][:] = tokens_np
+            target = view["obs_target_mask"]
+            np.greater_equal(local_np, 0, out=target)
+            target &= ~view["loss_mask"]
+            target[:, 0] = False
         if self.config.provenance:
             episode = torch.full((size, length), -1, dtype=torch.int64)
             offset = torch.full((size, length), -1, dtype=torch.int64)
@@ -400,21 +403,25 @@ def unpack_patches(batch: dict[str, torch.Tensor], max_patches: int | None = Non
     return out
 
 
-def _zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    # numpy's zeros takes fresh zero pages from the OS (calloc) instead of writing them
-    return torch.from_numpy(np.zeros(shape, dtype=_NUMPY_DTYPES[dtype]))
-
-
-def _shared_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A zero tensor in shared memory, as DataLoader's default collate allocates it: the
-    batch then crosses to the main process without another copy (new shared memory is
-    zero-filled by the OS)."""
-    count = int(np.prod(shape))
-    storage = torch.UntypedStorage._new_shared(max(1, count) * torch.empty((), dtype=dtype).element_size())
-    return torch.empty((0,), dtype=dtype).set_(storage, 0, shape)
-
-
-_NUMPY_DTYPES = {torch.int64: np.int64, torch.bool: np.bool_, torch.float32: np.float32, torch.uint8: np.uint8}
+def _allocate(specs: dict[str, tuple[tuple[int, ...], torch.dtype]], shared: bool) -> dict[str, torch.Tensor]:
+    """Zeroed tensors for a batch, all carved from ONE buffer: in a worker that buffer is shared
+    memory, so the batch crosses to the main process as one segment instead of one per key
+    (each shared segment costs system calls on both sides)."""
+    layout, total = {}, 0
+    for key, (shape, dtype) in specs.items():
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        total = -(-total // 64) * 64  # 64-byte aligned segments
+        layout[key] = (total, shape, dtype)
+        total += max(1, int(np.prod(shape))) * itemsize
+    if shared:  # new shared memory is zero-filled by the OS
+        storage = torch.UntypedStorage._new_shared(total)
+    else:  # numpy's zeros takes fresh zero pages (calloc) instead of writing them
+        storage = torch.from_numpy(np.zeros(total, np.uint8)).untyped_storage()
+    out = {}
+    for key, (offset, shape, dtype) in layout.items():
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        out[key] = torch.empty((0,), dtype=dtype).set_(storage, offset // itemsize, shape)
+    return out
 
 
 def _distributed_rank() -> tuple[int, int]:

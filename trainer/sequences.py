@@ -131,8 +131,6 @@ class ShardSampler:
         self.prompt_debt = 0
         self.buffer: list[tuple[Plan, Assembled | None]] = []
         self.dry = False
-        self.real_tokens = 0
-        self.yielded_tokens = 0
 
     # -------------------------------------------------------------- generation
 
@@ -148,11 +146,11 @@ class ShardSampler:
                 continue
             slot = int(self.rng.integers(len(self.buffer)))
             out, self.buffer[slot] = self.buffer[slot], item
-            yield self._count(out)
+            yield out
         while self.buffer:
             slot = int(self.rng.integers(len(self.buffer)))
             self.buffer[slot], self.buffer[-1] = self.buffer[-1], self.buffer[slot]
-            yield self._count(self.buffer.pop())
+            yield self.buffer.pop()
 
     def fast_forward(self, iterator: Iterator, count: int) -> None:
         """Replay ``count`` sequences without reading pixels, then assemble what the shuffle
@@ -163,12 +161,6 @@ class ShardSampler:
                 break
         self.dry = False
         self.buffer = [(plan, self.assemble(plan)) for plan, _ in self.buffer]
-
-    def _count(self, item: tuple[Plan, Assembled | None]) -> tuple[Plan, Assembled | None]:
-        plan = item[0]
-        self.real_tokens += sum(end - start for _, _, start, end in plan.pieces)
-        self.yielded_tokens += self.settings.sequence_length
-        return item
 
     def next_plan(self) -> Plan | None:
         """Choose a task by weight, maybe a prompt, then L tokens of the task's stream."""
@@ -280,7 +272,7 @@ class ShardSampler:
         tokens = stream.pool[pool_unit]
         first, last = int(tokens.token_starts[index]), int(tokens.token_starts[index + 1])
         offsets = tokens.step_offsets
-        steps = offsets[(offsets >= first) & (offsets <= last)]  # step boundaries of the episode
+        steps = offsets[np.searchsorted(offsets, first):np.searchsorted(offsets, last, side="right")]  # its step boundaries
         # the end prompt: the most final timesteps that fit the budget (at least one)
         fits = np.flatnonzero(last - steps <= budget)
         end_start = int(fits[0]) if len(fits) and fits[0] < len(steps) - 1 else len(steps) - 2
