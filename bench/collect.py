@@ -58,7 +58,7 @@ class BenchConfig:
     """target duration of each measurement"""
     experts_root: str | None = None
     """a collected dataset whose experts/<task>/train-000 checkpoints act for learned tasks"""
-    scaling_task: str = "metaworld/reach-v3"
+    scaling_task: str = "babyai/GoToLocal"
     """task whose units measure the 2-worker speedup"""
     minari: bool = True
     """also measure Minari's DataCollector"""
@@ -125,9 +125,12 @@ def bench_task(plan, config: BenchConfig) -> dict[str, Any]:
         if config.minari:
             for backend in ("hdf5", "arrow"):
                 try:
-                    runs.setdefault(f"minari_{backend}_sps", []).append(loop_sps(entry, expert, batch1, backend))
+                    value = loop_sps(entry, expert, batch1, backend)
                 except Exception as error:  # noqa: BLE001 - reported, not hidden
-                    runs[f"minari_{backend}_error"] = [f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"]
+                    message = (str(error).splitlines() or [""])[0][:200]
+                    runs[f"minari_{backend}_error"] = [f"{type(error).__name__}: {message}"]
+                else:
+                    runs.setdefault(f"minari_{backend}_sps", []).append(value)
     row: dict[str, Any] = {"task": plan.task, "domain": plan.domain, "expert": note, "num_envs": unit.num_envs,
                            "episode_length": round(mean_length, 1)}
     for key, values in runs.items():
@@ -210,9 +213,11 @@ def _unit(plan, expert: str, episodes: int | None):
 
     unit = next(u for u in plan_units(_only(plan)) if u.kind != "training")
     kind = expert if expert in ("random", "scripted") else "rollout"
-    # The env's own episodes in every variant (no cut_after_success), so (a), (b) and (d) reset equally often.
+    # The env's own episodes in every variant (no cut_after_success), so (a), (b) and (d) reset
+    # equally often; the domain's batch size even where the quickstart's small units use fewer envs.
     return dataclasses.replace(unit, episodes=episodes or unit.episodes, expert=expert, depends_on=None,
-                               kind=kind, run_id=kind, cut_after_success=None, max_episode_steps=None)
+                               kind=kind, run_id=kind, cut_after_success=None, max_episode_steps=None,
+                               num_envs=plan.num_envs)
 
 
 def bench_scaling(plan, config: BenchConfig) -> dict[str, Any]:
@@ -251,7 +256,9 @@ def bench_scaling(plan, config: BenchConfig) -> dict[str, Any]:
 
 class _MinariReady:
     """Minari's documented pitfalls, fixed without changing the env's dynamics (see
-    /work/shared/spec/environment-facts.md): no EnvSpec with a callable entry point, float rewards."""
+    /work/shared/spec/environment-facts.md): no EnvSpec with a callable entry point, float
+    rewards, int32 reset seeds. (The experts' envs already declare unbounded Meta-World
+    observations and a Text mission space for BabyAI.)"""
 
     def __new__(cls, env):
         import gymnasium as gym
@@ -264,6 +271,10 @@ class _MinariReady:
             def step(self, action):
                 obs, reward, terminated, truncated, info = self.env.step(action)
                 return obs, float(reward), terminated, truncated, info
+
+            def reset(self, *, seed=None, options=None):
+                # DataCollector draws 64-bit seeds; gym3 (Procgen) accepts only int32.
+                return self.env.reset(seed=None if seed is None else int(seed) % 2**31, options=options)
 
         return Wrapped(env)
 

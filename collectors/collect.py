@@ -138,7 +138,7 @@ def _run_units(config: CollectConfig, spec: DatasetSpec, root: Root, units: list
 
     from collectors.progress import ProgressBoard, ProgressView
 
-    started_ray = _ensure_ray(config)
+    started_ray = _ensure_ray(config, root_is_remote=not root.is_local)
     board = ray.remote(num_cpus=0)(ProgressBoard).options(name=f"{BOARD_PREFIX}{spec.name}-{os.getpid()}").remote()
     remote_unit = ray.remote(_run_unit_task)
     refs: dict[str, Any] = {}
@@ -167,7 +167,7 @@ def _run_units(config: CollectConfig, spec: DatasetSpec, root: Root, units: list
         pending = list(refs.values())
         fresh: dict[str, int] = {}
         snapshot: dict[str, dict[str, Any]] = {}
-        with _progress_view(ProgressView, unit_counts, config.progress) as view:
+        with ProgressView(dict(unit_counts), enabled=config.progress) as view:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
                 for ref in ready:
@@ -205,7 +205,7 @@ def _run_unit_task(root_uri: str, unit: WorkUnit, trained: dict[str, Any] | None
     return run_unit(root_uri, unit, trained, board)
 
 
-def _ensure_ray(config: CollectConfig) -> bool:
+def _ensure_ray(config: CollectConfig, root_is_remote: bool) -> bool:
     """Start an embedded Ray (or join ``--address``); returns True if we started it."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -215,38 +215,34 @@ def _ensure_ray(config: CollectConfig) -> bool:
         return False
     if config.address:
         ray.init(address=config.address, log_to_driver=True)
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        if len(nodes) > 1 and not root_is_remote:
+            log.warning("collecting into a local root on a %d-node cluster: workers on other nodes write to "
+                        "their own disks; use an s3:// or gs:// root", len(nodes))
     else:
         ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False)
     return True
 
 
-class _NullView:
-    def __enter__(self) -> _NullView:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-
-def _progress_view(view_class, unit_counts: dict[str, int], enabled: bool):
-    return view_class(dict(unit_counts), enabled=enabled)
-
-
 def _task_rows(units: list[WorkUnit], committed: Committed) -> list[dict[str, Any]]:
+    """Per task: units committed, episodes, steps, mean return of expert and random episodes."""
     rows: dict[str, dict[str, Any]] = {}
+    returns: dict[str, dict[bool, list[float]]] = {}
     for unit in units:
-        row = rows.setdefault(unit.task, {"task": unit.task, "units": 0, "committed": 0, "episodes": 0, "steps": 0,
-                                          "mean_return": None})
+        row = rows.setdefault(unit.task, {"task": unit.task, "units": 0, "committed": 0, "episodes": 0, "steps": 0})
         row["units"] += 1
         table = committed.tables.get(unit.unit_id)
-        if table is not None:
-            row["committed"] += 1
-            row["episodes"] += table.num_rows
-            row["steps"] += int(sum(table["length"].to_pylist()))
+        if table is None:
+            continue
+        row["committed"] += 1
+        row["episodes"] += table.num_rows
+        row["steps"] += int(sum(table["length"].to_pylist()))
+        if unit.kind != "training":
+            returns.setdefault(unit.task, {True: [], False: []})[unit.kind == "random"] += table["return"].to_pylist()
     for task, row in rows.items():
-        returns = [r for u in units if u.task == task and u.unit_id in committed and u.kind != "random"
-                   for r in committed.tables[u.unit_id]["return"].to_pylist()]
-        row["mean_return"] = sum(returns) / len(returns) if returns else None
+        by_kind = returns.get(task, {True: [], False: []})
+        row["expert_return"] = sum(by_kind[False]) / len(by_kind[False]) if by_kind[False] else None
+        row["random_return"] = sum(by_kind[True]) / len(by_kind[True]) if by_kind[True] else None
     return list(rows.values())
 
 

@@ -128,7 +128,7 @@ DOMAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "babyai": {"expert": {"kind": "scripted"}, "num_envs": 8, "episodes_per_unit": 200},
     "metaworld": {"expert": {"kind": "scripted"}, "num_envs": 2, "episodes_per_unit": 25,
                   "max_episode_steps": None},
-    "dmc": {"expert": {"kind": "train"}, "num_envs": 8, "episodes_per_unit": 10},
+    "dmc": {"expert": {"kind": "train"}, "num_envs": 16, "episodes_per_unit": 16},
     "atari": {"expert": {"kind": "train"}, "num_envs": 8, "episodes_per_unit": 4},
     "procgen": {"expert": {"kind": "train"}, "num_envs": 16, "episodes_per_unit": 32},
 }
