@@ -7,11 +7,14 @@ counts of its killed attempt instead of adding to them.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+RATE_WINDOW_S = 5.0
 
 
 class ProgressBoard:
@@ -44,8 +47,7 @@ class ProgressView:
             for task, count in unit_counts.items()
         }
         self.total = self.progress.add_task("all tasks", total=sum(unit_counts.values()), episodes=0, steps=0, rate="-")
-        self._start = time.monotonic()
-        self._base: dict[str, int] = defaultdict(int)
+        self._history: deque[tuple[float, dict[str, int]]] = deque()
 
     def __enter__(self) -> ProgressView:
         self.progress.start()
@@ -68,10 +70,16 @@ class ProgressView:
             episodes[unit["task"]] += unit.get("episodes", 0)
             steps[unit["task"]] += unit.get("steps", 0)
             fresh[unit["task"]] += unit.get("steps", 0)
-        elapsed = max(time.monotonic() - self._start, 1e-6)
+        now = time.monotonic()
+        self._history.append((now, dict(fresh)))
+        while len(self._history) > 2 and now - self._history[1][0] >= RATE_WINDOW_S:
+            self._history.popleft()  # steps/s over the last RATE_WINDOW_S seconds
+        then, old = self._history[0]
+        elapsed = max(now - then, 1e-6)
         for task, row in self.rows.items():
             self.progress.update(row, completed=committed.get(task, 0), episodes=episodes[task], steps=steps[task],
-                                 rate=f"{fresh[task] / elapsed:,.0f}")
+                                 rate=f"{(fresh[task] - old.get(task, 0)) / elapsed:,.0f}")
         self.progress.update(self.total, completed=sum(committed.values()), episodes=sum(episodes.values()),
-                             steps=sum(steps.values()), rate=f"{sum(fresh.values()) / elapsed:,.0f}")
+                             steps=sum(steps.values()),
+                             rate=f"{(sum(fresh.values()) - sum(old.values())) / elapsed:,.0f}")
         return dict(fresh)
