@@ -17,6 +17,15 @@ from trainer.synthetic_batch import SyntheticBatchConfig, synthetic_batch
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread: this machine is shared, and two-thread barriers stall under load."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("name, paper", [("gato-79m", 79e6), ("gato-364m", 364e6), ("gato-1.18b", 1.18e9)])
 def test_paper_sizes_within_five_percent_without_allocating(name, paper):
     before = torch.empty(0).untyped_storage().nbytes()  # the meta device never touches memory

@@ -124,8 +124,9 @@ class GatoAgent:
 
 def demonstration_prompt(dataset: Dataset, task: str, spec: TaskSpec, text_model: TextTokenizer | None,
                          max_tokens: int, where: str = "end", max_text_tokens: int = 128,
-                         episode_id: int | None = None) -> tuple[TokenChunk, int]:
-    """Whole timesteps of a successful demonstration of ``task``, at most ``max_tokens`` tokens:
+                         episode_id: int | None = None, min_steps: int = 1) -> tuple[TokenChunk, int]:
+    """Whole timesteps of a successful demonstration of ``task``, at most ``max_tokens`` tokens
+    but at least ``min_steps`` timesteps (as the loader's prompts):
     its last timesteps (``where="end"``, the goal-conditioning prompt the loader trains with) or
     its first ones (``"start"``, Gato's default). Returns the tokens and the episode id.
 
@@ -139,11 +140,13 @@ def demonstration_prompt(dataset: Dataset, task: str, spec: TaskSpec, text_model
     run = tokenize_steps(episode.steps, spec, text_model, actions=True, max_text_tokens=max_text_tokens)
     offsets = run.step_offsets
     if where == "start":
-        last = int(np.searchsorted(offsets, max_tokens, side="right")) - 1
         first = 0
+        last = int(np.searchsorted(offsets, max_tokens, side="right")) - 1
+        last = max(last, min(min_steps, run.num_steps))
     else:
         last = run.num_steps
         first = int(np.searchsorted(offsets, offsets[-1] - max_tokens, side="left"))
+        first = min(first, max(0, last - min_steps))
     if last <= first:
         return TokenChunk.empty(), episode_id
     start, end = int(offsets[first]), int(offsets[last])
