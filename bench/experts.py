@@ -191,6 +191,7 @@ def bench_smoke(cfg: BenchConfig) -> dict:
                 "training_run_indices_in_order": [e.run_index for e in episodes] == list(range(len(episodes))),
                 "training_returns": [e.episode_return for e in episodes],
                 "eval_returns_trained_policy": trained["returns"], "eval_returns_reloaded": reloaded.returns,
+                "eval_lengths_trained_policy": trained["lengths"], "eval_lengths_reloaded": reloaded.lengths,
                 "reload_reproduces": trained["returns"] == reloaded.returns
                 and trained["lengths"] == reloaded.lengths,
                 "reference": _reference(task),

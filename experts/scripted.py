@@ -1,5 +1,8 @@
 """Scripted experts: the BabyAI bot and Meta-World's hand-written policies.
 
+    python -m experts evaluate babyai/BossLevel --expert scripted --episodes 100
+    python -m experts evaluate metaworld/door-open-v3 --expert scripted --episodes 20
+
 The bot plans on the env's internal state, so it needs the in-process envs of a sync vector
 env; it replans every step (cheaper and more robust than trusting a stale plan). Meta-World's
 policies read only the observation; the package's own ENV_POLICY_MAP picks the policy.
