@@ -119,12 +119,13 @@ DDP_SCRIPT = textwrap.dedent('''
     local_model = Gato(config.model)
     local_model.load_state_dict(initial)
     local_model.train()
-    torch.manual_seed(0)
     local_model(trainer.last_batch).loss.backward()
     local = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in local_model.parameters()])
     torch.save({"tokens": trainer.last_batch["tokens"], "synced": synced, "local": local,
                 "weights": torch.cat([p.detach().flatten() for p in trainer.model.parameters()])},
                f"{out}/rank{trainer.rank}.pt")
+    trainer.config.log_every, trainer.config.checkpoint_every = 1, 2
+    trainer.run()  # the whole loop: logs reduced over ranks, checkpoints gathered from both
     trainer.close()
 ''')
 
@@ -147,3 +148,8 @@ def test_ddp_two_processes_gloo(data_and_text, tmp_path):
     assert torch.nn.functional.cosine_similarity(mean, r0["synced"], dim=0) > 0.99
     assert not torch.allclose(r0["local"], r1["local"])
     assert torch.equal(r0["weights"], r1["weights"])  # same step applied on both ranks
+    state = load_checkpoint(tmp_path)
+    assert state["step"] == 3 and state["world_size"] == 2 and len(state["ranks"]) == 2
+    assert state["ranks"][0]["loader"]["rank"] == 0 and state["ranks"][1]["loader"]["rank"] == 1
+    assert not torch.equal(state["ranks"][0]["rng"]["torch"], state["ranks"][1]["rng"]["torch"])
+    assert [s for s, _ in read_losses(tmp_path)] == [1, 2, 3]
