@@ -85,7 +85,7 @@ def cartpole_run(tmp_path_factory):
     cartpole_dataset(base / "data")
     config = parse_config(["--data", str(base / "data"), "--out", str(base / "run"), "--config",
                            str(REPO / "trainer/configs/gato-tiny.yaml"), "--loader.sequence-length", "64",
-                           "--batch-size", "2", "--steps", "2", "--warmup-steps", "1", "--no-progress", "--threads", "1"])
+                           "--batch-size", "2", "--steps", "2", "--warmup-steps", "1", "--no-progress", "--threads", "1", "--num-workers", "0"])
     train(config)
     return base
 
@@ -157,7 +157,7 @@ def test_registry_env_babyai(tmp_path):
     train(parse_config(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--config",
                         str(REPO / "trainer/configs/gato-tiny.yaml"), "--loader.text-model", str(tmp_path / "text.model"),
                         "--loader.sequence-length", "256", "--batch-size", "1", "--steps", "1", "--warmup-steps", "0",
-                        "--no-progress", "--threads", "1"]))
+                        "--no-progress", "--threads", "1", "--num-workers", "0"]))
     (row,) = evaluate(EvalConfig(checkpoint=str(tmp_path / "run"), tasks=[task], episodes=2, max_steps=20,
                                  prompt_tokens=200, progress=False))
     assert row["episodes"] == 2 and row["success_rate"] is not None and row["mean_length"] <= 20

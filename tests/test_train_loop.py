@@ -43,7 +43,7 @@ def data_and_text(tmp_path_factory):
 def tiny_config(root, text, out, **overrides) -> TrainConfig:
     config = parse_config(["--data", str(root), "--out", str(out), "--config", str(REPO / "trainer/configs/gato-tiny.yaml"),
                            "--loader.text-model", str(text), "--loader.sequence-length", "64", "--batch-size", "2",
-                           "--warmup-steps", "2", "--log-every", "1", "--no-progress", "--threads", "1"])
+                           "--warmup-steps", "2", "--log-every", "1", "--no-progress", "--threads", "1", "--num-workers", "0"])
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
@@ -78,7 +78,7 @@ def test_cli_smoke_with_accumulation_and_clear_errors(data_and_text, tmp_path, c
     out = tmp_path / "cli"
     args = ["--data", str(root), "--config", str(REPO / "trainer/configs/gato-tiny.yaml"), "--out", str(out),
             "--loader.text-model", str(text), "--loader.sequence-length", "64", "--batch-size", "2", "--steps", "3",
-            "--grad-accum", "2", "--warmup-steps", "1", "--log-every", "1", "--no-progress", "--threads", "1"]
+            "--grad-accum", "2", "--warmup-steps", "1", "--log-every", "1", "--no-progress", "--threads", "1", "--num-workers", "0"]
     assert main(args) == 0
     rows = read_losses(out)
     assert [s for s, _ in rows] == [1, 2, 3]
@@ -110,7 +110,7 @@ DDP_SCRIPT = textwrap.dedent('''
     root, text, out = sys.argv[1:4]
     config = parse_config(["--data", root, "--out", out, "--loader.text-model", text, "--loader.sequence-length", "64",
                            "--batch-size", "2", "--grad-clip", "0", "--warmup-steps", "0", "--steps", "3",
-                           "--no-progress", "--threads", "1"])
+                           "--no-progress", "--threads", "1", "--num-workers", "0"])
     config.validate()
     trainer = Trainer(config)
     initial = copy.deepcopy(trainer.model.state_dict())
