@@ -291,3 +291,39 @@ def test_inspect_cli_prints_json(synth, capsys):
     assert {row["task"] for row in report["rows"]} == set(GatoDataset(config(synth)).weights)
     assert main([root, "--sequences", "5"]) == 2  # text tasks without a text model: one-line error
     assert "obs_text" in capsys.readouterr().err
+
+
+def state_episode(task: str, index: int, length: int, bad: bool = False) -> Episode:
+    obs = np.linspace(-2, 2, length * 3, dtype=np.float32).reshape(length, 3)
+    if bad:
+        obs[length // 2, 1] = np.nan
+    return Episode(task=task, steps={"obs_continuous": obs, "act_continuous": np.zeros((length, 2), np.float32)},
+                   rewards=np.zeros(length, np.float32), terminated=np.eye(1, length, length - 1, dtype=bool)[0],
+                   truncated=np.zeros(length, bool), run_index=index, source="scripted")
+
+
+def state_manifest(*tasks: str) -> Manifest:
+    spec = TaskSpec(domain="toy", env_id="toy-v0", observation={"obs_continuous": ModalitySpec([3], "float32")},
+                    action={"act_continuous": ModalitySpec([2], "float32", low=-1, high=1)})
+    return Manifest(name="toy", tasks={task: TaskSpec(**{**vars(spec), "domain": task.split("/")[0]}) for task in tasks})
+
+
+def test_several_roots_and_bad_values(tmp_path):
+    write_dataset(tmp_path / "a", [state_episode("toy/a", i, 30) for i in range(6)], state_manifest("toy/a"))
+    write_dataset(tmp_path / "b", [state_episode("other/b", i, 30) for i in range(6)], state_manifest("other/b"))
+    dataset = GatoDataset(DataConfig(roots=[str(tmp_path / "a"), str(tmp_path / "b")], sequence_length=64,
+                                     passes=1, provenance=True))
+    assert dataset.weights == {"other/b": 0.5, "toy/a": 0.5}  # two domains, one task each
+    served, tasks = set(), Counter()
+    for sample in dataset:
+        real = sample["attention_mask"] & ~sample["is_prompt"]
+        episodes, offsets = sample["token_episode"][real].tolist(), sample["token_offset"][real].tolist()
+        served.update(zip(episodes, offsets))
+        tasks.update(dataset.catalog.episode_task[episodes].tolist())
+    assert len(served) == 12 * 30 * 6  # every token of both roots (6 tokens per step) served
+    assert tasks[0] > 0 and tasks[1] > 0
+    write_dataset(tmp_path / "bad", [state_episode("toy/a", 0, 30), state_episode("toy/a", 1, 30, bad=True)],
+                  state_manifest("toy/a"))
+    with pytest.raises(ValueError, match="non-finite") as error:
+        list(GatoDataset(DataConfig(roots=[str(tmp_path / "bad")], sequence_length=64, passes=1)))
+    assert "toy/a" in str(error.value) and "episode" in str(error.value)

@@ -158,8 +158,13 @@ class Catalog:
         np.cumsum(lengths, out=step_starts[1:])
         if full:
             table = self._read_rows(episodes, list(spec.observation) + list(spec.action))
-            steps = tokenize_steps(table_to_steps(table, spec), spec, self.text_model,
-                                   max_text_tokens=self.max_text_tokens, layout=layout)
+            try:
+                steps = tokenize_steps(table_to_steps(table, spec), spec, self.text_model,
+                                       max_text_tokens=self.max_text_tokens, layout=layout)
+            except ValueError as error:
+                where = self.describe_episode(int(episodes[0]))
+                more = f" (or one of the {len(episodes) - 1} episode(s) after it)" if len(episodes) > 1 else ""
+                raise ShardError(f"task {task}, {where}{more}: {error}") from None
             offsets = steps.step_offsets
         else:
             steps = None
