@@ -10,7 +10,9 @@ For each config, in the same run:
   real batch, so MFU = (step FLOPs / step time) / matmul peak;
 - step time on batches from the real loader (trainer.data, reading a synthetic shard
   dataset) and on the very same batches drained beforehand into memory; they alternate step by step so both see the
-  same machine load, and the ratio real / in-memory is reported (target <= 1.05).
+  same machine load, and the ratio real / in-memory is reported (target <= 1.05);
+- deployment: seconds per env step of GatoAgent with its KV cache vs recomputing the
+  512-token window for every action token (gato-small, a 9-token continuous-control step).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import tyro
 
@@ -50,6 +53,8 @@ class BenchConfig:
     num_workers: list[int] = field(default_factory=lambda: [0, 1])
     """loader worker processes to measure (0 = load in the training process); the first
     worker count above 0 (else 0) gives the headline loader_ratio"""
+    deploy_steps: int = 40
+    """env steps timed for the deployment comparison (KV cache vs recomputing the window)"""
     out: str = str(REPO / "bench/results/train.json")
 
 
@@ -66,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, length in zip(config.configs, config.sequence_length):
             results.append(bench_config(name, length, root, text, config))
             peak = max(peak, matmul_peak())  # the machine is shared: keep the best peak seen
+        deploy = bench_deploy(root, config)
     for row in results:
         row["mfu"] = row["achieved_flops"] / peak
     report = {
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
         "matmul_peak_flops": peak, "configs": results,
         "loader_ratio_max": max(r["loader_ratio"] for r in results),
         "target": "loader_ratio <= 1.05",
+        "deploy": deploy,
     }
     Path(config.out).parent.mkdir(parents=True, exist_ok=True)
     tmp_out = Path(config.out).with_suffix(".json.tmp")
@@ -80,6 +87,57 @@ def main(argv: list[str] | None = None) -> dict:
     tmp_out.replace(config.out)
     print(json.dumps(report, indent=2))
     return report
+
+
+def bench_deploy(root: Path, config: BenchConfig) -> dict:
+    """Seconds per env step of acting with the KV cache vs recomputing the whole window for
+    every action token (what a deployment without a cache does), on a full context."""
+    from shards import Dataset
+    from trainer.deploy import GatoAgent, TokenChunk
+
+    dataset = Dataset(root)
+    task = next(t for t in dataset.tasks if t.startswith("synth-state"))
+    spec = dataset.manifest.tasks[task]
+    episode = dataset.episode(int(dataset.index.to_pydict()["episode_id"][0]))
+    observations = [{"obs_continuous": row} for row in episode.steps["obs_continuous"]]
+    torch.manual_seed(0)
+    model = Gato(CONFIGS["gato-small"]).eval()
+    context = 512
+    agent = GatoAgent(model, spec, None, context=context, seed=0)
+    agent.reset()
+    for i in range(context // 9 + 5):  # fill the window first (9 tokens per step)
+        agent.act(observations[i % len(observations)])
+    start = time.perf_counter()
+    for i in range(config.deploy_steps):
+        agent.act(observations[i % len(observations)])
+    cached = (time.perf_counter() - start) / config.deploy_steps
+
+    # without a cache: the window is recomputed for each of the step's action tokens
+    window = TokenChunk.empty()
+    for i in range(context // 9 + 1):
+        window = window + _step_chunk(agent, observations[i % len(observations)])
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(config.deploy_steps):
+            window = window + _step_chunk(agent, observations[i % len(observations)])
+            tail = window.tokens[-context:], window.local_positions[-context:], window.is_image[-context:]
+            no_patches = [torch.from_numpy(a[:0]) for a in (window.patches, window.patch_rows, window.patch_cols)]
+            for _ in range(len(agent.ranges)):
+                t = [torch.from_numpy(np.ascontiguousarray(a))[None] for a in tail]
+                model.hidden_states(*t, *no_patches)
+    recomputed = (time.perf_counter() - start) / config.deploy_steps
+    return {"config": "gato-small", "context": context, "task": task, "tokens_per_step": 9,
+            "step_s_kv_cache": cached, "step_s_recompute": recomputed, "speedup": recomputed / cached}
+
+
+def _step_chunk(agent, observation: dict):
+    from trainer.deploy import TokenChunk
+    from trainer.tokenizer import tokenize_observation
+
+    obs = tokenize_observation(observation, agent.spec, None)
+    action = np.full(len(agent.ranges), 32512, dtype=np.int64)
+    return TokenChunk(np.concatenate((obs.tokens, action)), np.concatenate((obs.local_positions, np.full(len(action), -1))),
+                      np.zeros(len(obs.tokens) + len(action), bool), obs.patches, obs.patch_rows, obs.patch_cols)
 
 
 def matmul_peak(n: int = 1024, repeats: int = 10) -> float:

@@ -21,7 +21,6 @@ import csv
 import dataclasses
 import io
 import logging
-import math
 import os
 import sys
 import time
