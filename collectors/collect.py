@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 BOARD_PREFIX = "gatoforge-progress-"
 
 
+class StorageError(ValueError):
+    """The output root cannot be reached or written (bad URI, no credentials, no network)."""
+
+
 @dataclass
 class CollectConfig:
     """Turn a dataset spec into a dataset (resumable: rerun the same command to continue)."""
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     config = tyro.cli(CollectConfig, args=argv)
     try:
         result = collect(config)
-    except SpecError as error:
+    except (SpecError, StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if config.dry_run:
@@ -104,8 +108,14 @@ def collect(config: CollectConfig) -> CollectResult:
     started = time.time()
     spec = load_spec(config.spec, list_tasks=list_tasks, root_override=config.out)
     units = plan_units(spec)
-    root = Root.of(spec.root)
-    committed = read_committed(root, units)
+    try:
+        root = Root.of(spec.root)
+        committed = read_committed(root, units)
+    except OSError as error:
+        if not config.dry_run:
+            raise StorageError(f"cannot use the output root {spec.root!r}: {_first_line(error)}") from None
+        log.warning("cannot read the output root %s (%s): showing every unit as pending", spec.root, _first_line(error))
+        root, committed = Root(fs=None, base=spec.root, uri=spec.root), Committed()  # type: ignore[arg-type]
     todo = [u for u in units if u.unit_id not in committed]
     if config.dry_run:
         print_table([_plan_row(u, u.unit_id in committed) for u in units], title=f"{spec.name} -> {root.uri}",
