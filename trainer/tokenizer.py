@@ -267,7 +267,8 @@ def tokenize_steps(steps: dict, spec: TaskSpec, text_model: TextTokenizer | None
         loss.append(False)
     text_ids, text_lengths = None, None
     if layout.has_text:
-        text_ids, text_lengths = _text_block(_column(steps, OBS_TEXT, t), t, text_model, max_text_tokens)
+        room = MAX_LOCAL_POSITIONS - layout.fixed_observation_tokens  # local positions stay < MAX_LOCAL_POSITIONS
+        text_ids, text_lengths = _text_block(_column(steps, OBS_TEXT, t), t, text_model, min(max_text_tokens, room))
     action_parts = [np.full((t, 1), SEPARATOR, dtype=np.int64)]
     action_loss = [False]
     if actions:
