@@ -24,7 +24,7 @@ from shards.format import OBS_IMAGE, OBS_TEXT
 from shards.manifest import TaskSpec
 from shards.reader import Dataset, ShardError, binary_to_frames, list_to_matrix, open_parquet
 from trainer.text_tokenizer import TextTokenizer
-from trainer.tokenizer import MAX_LOCAL_POSITIONS, StepLayout, StepTokens, text_token_lengths, tokenize_steps
+from trainer.tokenizer import StepLayout, StepTokens, text_token_lengths, tokenize_steps
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,7 @@ class Catalog:
             step_lengths = np.full(int(step_starts[-1]), layout.min_step_tokens, np.int64)
             if layout.has_text:
                 texts = self._read_rows(episodes, [OBS_TEXT])[OBS_TEXT].to_pylist()
-                room = MAX_LOCAL_POSITIONS - layout.fixed_observation_tokens  # as tokenize_steps caps it
-                step_lengths += text_token_lengths(texts, self.text_model, min(self.max_text_tokens, room))
+                step_lengths += text_token_lengths(texts, self.text_model, layout, self.max_text_tokens)
             offsets = np.zeros(len(step_lengths) + 1, np.int64)
             np.cumsum(step_lengths, out=offsets[1:])
         return UnitTokens(task=task, episodes=episodes, token_starts=offsets[step_starts], step_offsets=offsets, steps=steps)

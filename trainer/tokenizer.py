@@ -267,8 +267,7 @@ def tokenize_steps(steps: dict, spec: TaskSpec, text_model: TextTokenizer | None
         loss.append(False)
     text_ids, text_lengths = None, None
     if layout.has_text:
-        room = MAX_LOCAL_POSITIONS - layout.fixed_observation_tokens  # local positions stay < MAX_LOCAL_POSITIONS
-        text_ids, text_lengths = _text_block(_column(steps, OBS_TEXT, t), t, text_model, min(max_text_tokens, room))
+        text_ids, text_lengths = _text_block(_column(steps, OBS_TEXT, t), t, text_model, text_cap(layout, max_text_tokens))
     action_parts = [np.full((t, 1), SEPARATOR, dtype=np.int64)]
     action_loss = [False]
     if actions:
@@ -452,9 +451,15 @@ def _text_block(texts, t: int, text_model: TextTokenizer | None, max_text_tokens
     return table[index], lengths[index]
 
 
-def text_token_lengths(texts, text_model: TextTokenizer | None, max_text_tokens: int = 128) -> np.ndarray:
+def text_token_lengths(texts, text_model: TextTokenizer | None, layout: StepLayout, max_text_tokens: int = 128) -> np.ndarray:
     """Number of text tokens of each step's string, as tokenize_steps counts them."""
-    return _text_block(texts, len(texts), text_model, max_text_tokens)[1]
+    return _text_block(texts, len(texts), text_model, text_cap(layout, max_text_tokens))[1]
+
+
+def text_cap(layout: StepLayout, max_text_tokens: int) -> int:
+    """Text tokens kept per step: at most ``max_text_tokens``, and few enough that local
+    positions stay below MAX_LOCAL_POSITIONS."""
+    return min(max_text_tokens, MAX_LOCAL_POSITIONS - layout.fixed_observation_tokens)
 
 
 def _frames(images, t: int, shape: tuple[int, ...]) -> np.ndarray:
