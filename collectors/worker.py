@@ -72,9 +72,10 @@ def run_unit(root_uri: str | Root, unit: WorkUnit, trained: dict[str, Any] | Non
     except BaseException:
         writer.abort()
         raise
-    closing = time.time()
+    closing, closing_cpu = time.time(), time.process_time()
     rows = writer.close()
     extra["finish_seconds"] = round(time.time() - closing, 4)
+    extra["finish_cpu_seconds"] = round(time.process_time() - closing_cpu, 4)
     summary = {
         "unit_id": unit.unit_id, "task": unit.task, "kind": unit.kind, "name": unit.name, "seed": unit.seed,
         "episodes": len(rows), "steps": int(sum(r["length"] for r in rows)),
@@ -152,25 +153,31 @@ class _Reporter:
 
 
 def _rollout(root: Root, unit: WorkUnit, entry: Any, trained: dict[str, Any] | None, on_episode: _Stamper) -> dict[str, Any]:
+    from experts.base import load_expert
     from experts.rollout import rollout
 
-    env = None
     if unit.max_episode_steps is not None or unit.cut_after_success is not None:
         env = limited_vector_env(entry, unit.num_envs, unit.seed, unit.max_episode_steps, unit.cut_after_success)
+    else:
+        env = entry.make_env(unit.num_envs, unit.seed)
     try:
         with _expert_source(root, unit, trained) as source:
-            result = rollout(unit.task, source, num_envs=unit.num_envs, episodes=unit.episodes, seed=unit.seed,
+            expert = load_expert(unit.task, source, env=env, seed=unit.seed)
+            cpu = time.process_time()
+            result = rollout(unit.task, expert, num_envs=unit.num_envs, episodes=unit.episodes, seed=unit.seed,
                              on_episode=on_episode, source=unit.kind, run_id=unit.run_id,
                              start_index=unit.first_index, env=env)
+            cpu = time.process_time() - cpu
     finally:
-        if env is not None:
-            env.close()
+        env.close()
     provenance: dict[str, Any] = {"kind": unit.expert.split(":", 1)[0], "spec": unit.expert}
     if trained is not None:
         provenance.update({"checkpoint": trained.get("checkpoint"), "trained_by": trained.get("unit_id"),
                            "budget": trained.get("budget")})
+    # loop_* time the stepping loop only (env and expert construction excluded); CPU time counts
+    # every thread of the worker, the writer thread included.
     return {"expert": provenance, "mean_return": result.mean_return, "success_rate": result.success_rate,
-            "loop_seconds": round(result.seconds, 4)}
+            "loop_seconds": round(result.seconds, 4), "loop_cpu_seconds": round(cpu, 4)}
 
 
 def _train(root: Root, unit: WorkUnit, on_episode: _Stamper | None) -> dict[str, Any]:
