@@ -73,7 +73,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.exists():
         raise ValueError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=False, mmap=True)  # paged in lazily
     except Exception as error:  # torch raises many kinds for a damaged file
         raise ValueError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:

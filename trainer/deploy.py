@@ -184,13 +184,16 @@ def load_agent_model(checkpoint: str | Path, device: str = "cpu") -> tuple[Gato,
     model = Gato(GatoConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     model.to(device).eval()
-    train = state.get("train_config", {})
-    loader = train.get("loader", {})
-    info = {"path": state["path"], "step": state["step"], "data_roots": state["data_roots"],
+    return model, run_info(state)
+
+
+def run_info(state: dict[str, Any]) -> dict[str, Any]:
+    """What deployment needs from a checkpoint dict besides the weights."""
+    loader = state.get("train_config", {}).get("loader", {})
+    return {"path": state["path"], "step": state["step"], "data_roots": state["data_roots"],
             "text_model": state.get("text_model"), "max_text_tokens": state.get("max_text_tokens", 128),
-            "context": int(loader.get("sequence_length", model.config.block_size)),
+            "context": int(loader.get("sequence_length", state["model_config"]["block_size"])),
             "prompt_fraction": float(loader.get("prompt_fraction", 0.25))}
-    return model, info
 
 
 def _tail(chunk: TokenChunk, n: int) -> TokenChunk:

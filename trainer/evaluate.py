@@ -116,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
 def evaluate(config: EvalConfig, env_factory: EnvFactory | None = None) -> list[dict[str, Any]]:
     """Score every task; writes the table files and returns its rows."""
     config.validate()
-    from trainer.deploy import load_agent_model
+    from trainer.checkpoint import load_checkpoint
+    from trainer.deploy import run_info
 
-    _, info = load_agent_model(config.checkpoint, "cpu")
+    info = run_info(load_checkpoint(config.checkpoint))
     specs = task_specs(info["data_roots"])
     tasks = sorted(specs) if config.tasks == ["all"] else list(config.tasks)
     unknown = [t for t in tasks if t not in specs]
