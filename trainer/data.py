@@ -214,27 +214,26 @@ class GatoDataset(IterableDataset):
         ``max_patches`` or, when None, the most patches any of these sequences has (>= 1).
         Pixels are scaled straight into the output (one float write per value).
 
-        ``packed``: patches go back to back as ``packed_patches`` (N, 4, 16, 16) (and
-        ``packed_patch_rows``/``_cols``) without padding slots; ``unpack_patches`` restores the
-        contract's (B, P, ...) layout. Moving only real patches between processes is what
-        SequenceLoader does: a batch's padding slots cost as much to move as real ones."""
+        ``packed``: the compact form a DataLoader worker sends (``expand_batch`` turns it into
+        the contract's tensors in the main process): ``tokens`` int32, ``local_positions`` int16,
+        ``loss_mask``, ``lengths`` (B,) and the patches as uint8 pixels back to back,
+        ``packed_patches`` (N, 4, 16, 16) (+ ``packed_patch_rows``/``_cols``, ``patch_channels``),
+        no padding slots and no derived masks. Bytes through shared memory cost on both sides
+        (fresh pages), and float32 patches are 4x their pixels."""
+        if packed:
+            return self._collate_compact(sequences)
         length, size = self.config.sequence_length, len(sequences)
         counts = [len(seq.raw_patches) for seq in sequences]
         patch_slots = max_patches or max(1, max(counts))
         if max(counts) > patch_slots:
             raise ValueError(f"a sequence holds {max(counts)} patches, more than max_patches={patch_slots}")
-        starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        if packed:
-            patch_slots = max(1, int(starts[-1]))
         raw_pixels = self.config.patch_dtype == "uint8"
         pixel_type = torch.uint8 if raw_pixels else torch.float32
-        lead = () if packed else (size,)
-        names = ("packed_patches", "packed_patch_rows", "packed_patch_cols") if packed else ("patches", "patch_rows", "patch_cols")
         specs = {"tokens": ((size, length), torch.int64), "loss_mask": ((size, length), torch.bool),
                  "attention_mask": ((size, length), torch.bool), "local_positions": ((size, length), torch.int64),
                  "is_image": ((size, length), torch.bool), "num_patches": ((size,), torch.int64),
-                 names[0]: ((*lead, patch_slots, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), pixel_type),
-                 names[1]: ((*lead, patch_slots, 2), torch.float32), names[2]: ((*lead, patch_slots, 2), torch.float32)}
+                 "patches": ((size, patch_slots, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), pixel_type),
+                 "patch_rows": ((size, patch_slots, 2), torch.float32), "patch_cols": ((size, patch_slots, 2), torch.float32)}
         if raw_pixels:
             specs["patch_channels"] = ((size,), torch.int64)
         if self.config.observation_targets:
@@ -243,9 +242,7 @@ class GatoDataset(IterableDataset):
         batch = _allocate(specs, shared)
         view = {key: tensor.numpy() for key, tensor in batch.items()}
         tokens_np, local_np = view["tokens"], view["local_positions"]
-        patches_np, rows_np, cols_np = (view[name] for name in names)
-        if packed:
-            patches_np, rows_np, cols_np = patches_np[None], rows_np[None], cols_np[None]
+        patches_np, rows_np, cols_np = view["patches"], view["patch_rows"], view["patch_cols"]
         tokens_np.fill(PAD)
         local_np.fill(-1)
         for b, seq in enumerate(sequences):
@@ -255,7 +252,7 @@ class GatoDataset(IterableDataset):
             view["attention_mask"][b, :n] = True
             local_np[b, :n] = seq.local_positions
             if p:
-                row, slots = (0, slice(int(starts[b]), int(starts[b + 1]))) if packed else (b, slice(0, p))
+                row, slots = b, slice(0, p)
                 channels = seq.raw_patches.shape[1]
                 if raw_pixels:
                     patches_np[row, slots, :channels] = seq.raw_patches
@@ -274,16 +271,98 @@ class GatoDataset(IterableDataset):
             target &= ~view["loss_mask"]
             target[:, 0] = False
         if self.config.provenance:
-            episode = torch.full((size, length), -1, dtype=torch.int64)
-            offset = torch.full((size, length), -1, dtype=torch.int64)
-            prompt = torch.zeros((size, length), dtype=torch.bool)
-            for b, seq in enumerate(sequences):
-                n = len(seq.tokens)
-                episode[b, :n] = torch.from_numpy(seq.token_episode)
-                offset[b, :n] = torch.from_numpy(seq.token_offset)
-                prompt[b, :n] = torch.from_numpy(seq.is_prompt)
-            batch.update(token_episode=episode, token_offset=offset, is_prompt=prompt,
-                         prompt_kind=torch.tensor([seq.prompt_kind for seq in sequences], dtype=torch.int64))
+            batch.update(_provenance(sequences, length))
+        return batch
+
+    def _collate_compact(self, sequences: list[Assembled]) -> dict[str, torch.Tensor]:
+        """See ``collate(packed=True)``: one shared-memory segment holding compact arrays."""
+        length, size = self.config.sequence_length, len(sequences)
+        counts = [len(seq.raw_patches) for seq in sequences]
+        limit = self.config.max_patches
+        if limit is not None and max(counts) > limit:
+            raise ValueError(f"a sequence holds {max(counts)} patches, more than max_patches={limit}")
+        total = max(1, sum(counts))
+        specs = {"tokens": ((size, length), torch.int32), "loss_mask": ((size, length), torch.bool),
+                 "local_positions": ((size, length), torch.int16), "lengths": ((size,), torch.int64),
+                 "num_patches": ((size,), torch.int64), "patch_channels": ((size,), torch.int64),
+                 "packed_patches": ((total, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), torch.uint8),
+                 "packed_patch_rows": ((total, 2), torch.float32), "packed_patch_cols": ((total, 2), torch.float32)}
+        batch = _allocate(specs, shared=get_worker_info() is not None)
+        view = {key: tensor.numpy() for key, tensor in batch.items()}
+        view["tokens"].fill(PAD)
+        view["local_positions"].fill(-1)
+        start = 0
+        for b, seq in enumerate(sequences):
+            n, p = len(seq.tokens), counts[b]
+            view["tokens"][b, :n] = seq.tokens
+            view["loss_mask"][b, :n] = seq.loss_mask
+            view["local_positions"][b, :n] = seq.local_positions
+            view["lengths"][b] = n
+            view["num_patches"][b] = p
+            if p:
+                channels = seq.raw_patches.shape[1]
+                view["patch_channels"][b] = channels
+                view["packed_patches"][start:start + p, :channels] = seq.raw_patches
+                view["packed_patch_rows"][start:start + p] = seq.patch_rows
+                view["packed_patch_cols"][start:start + p] = seq.patch_cols
+                start += p
+        if self.config.provenance:
+            batch.update(_provenance(sequences, length))
+        return batch
+
+    def expand_batch(self, compact: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A worker's compact batch (``collate(packed=True)``) -> exactly the tensors
+        ``collate`` gives in-process (the contract's keys, dtypes and values)."""
+        config = self.config
+        tokens_np = compact["tokens"].numpy()
+        size, length = tokens_np.shape
+        counts = compact["num_patches"].numpy()
+        slots = config.max_patches or max(1, int(counts.max(initial=0)))
+        raw_pixels = config.patch_dtype == "uint8"
+        specs = {"tokens": ((size, length), torch.int64), "loss_mask": ((size, length), torch.bool),
+                 "attention_mask": ((size, length), torch.bool), "local_positions": ((size, length), torch.int64),
+                 "is_image": ((size, length), torch.bool), "num_patches": ((size,), torch.int64),
+                 "patches": ((size, slots, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), torch.uint8 if raw_pixels else torch.float32),
+                 "patch_rows": ((size, slots, 2), torch.float32), "patch_cols": ((size, slots, 2), torch.float32)}
+        if raw_pixels:
+            specs["patch_channels"] = ((size,), torch.int64)
+        if config.observation_targets:
+            specs["obs_targets"] = ((size, length), torch.int64)
+            specs["obs_target_mask"] = ((size, length), torch.bool)
+        batch = _allocate(specs, shared=False)
+        view = {key: tensor.numpy() for key, tensor in batch.items()}
+        view["tokens"][:] = tokens_np
+        view["loss_mask"][:] = compact["loss_mask"].numpy()
+        view["local_positions"][:] = compact["local_positions"].numpy()
+        np.less(np.arange(length), compact["lengths"].numpy()[:, None], out=view["attention_mask"])
+        np.equal(view["tokens"], IMAGE_PLACEHOLDER, out=view["is_image"])
+        view["num_patches"][:] = counts
+        channels = compact["patch_channels"].numpy()
+        if raw_pixels:
+            view["patch_channels"][:] = channels
+        packed = compact["packed_patches"].numpy()
+        rows, cols = compact["packed_patch_rows"].numpy(), compact["packed_patch_cols"].numpy()
+        start = 0
+        for b, count in enumerate(counts.tolist()):
+            if count:
+                c = int(channels[b])
+                source = packed[start:start + count, :c]
+                if raw_pixels:
+                    view["patches"][b, :count, :c] = source
+                else:
+                    scale_patches(source, out=view["patches"][b, :count, :c])
+                view["patch_rows"][b, :count] = rows[start:start + count]
+                view["patch_cols"][b, :count] = cols[start:start + count]
+                start += count
+        if config.observation_targets:
+            view["obs_targets"][:] = view["tokens"]
+            target = view["obs_target_mask"]
+            np.greater_equal(view["local_positions"], 0, out=target)
+            target &= ~view["loss_mask"]
+            target[:, 0] = False
+        for key in ("token_episode", "token_offset", "is_prompt", "prompt_kind"):
+            if key in compact:
+                batch[key] = compact[key]
         return batch
 
     # -------------------------------------------------------------- state
@@ -350,8 +429,8 @@ class SequenceLoader:
         turn = 0
         workers = len(self.consumed)
         for batch in loader:
-            if "packed_patches" in batch:
-                batch = unpack_patches(batch, self.dataset.config.max_patches)
+            if "lengths" in batch:  # a worker's compact batch
+                batch = self.dataset.expand_batch(batch)
             size = len(batch["tokens"])
             self.consumed[turn % workers] += size
             turn += 1
@@ -383,12 +462,13 @@ def make_loader(config: DataConfig, batch_size: int, num_workers: int = 0, rank:
                 world_size: int | None = None, **loader_kwargs) -> SequenceLoader:
     """The loader a training loop uses: batches of the contract's tensors, resumable."""
     dataset = GatoDataset(config, rank, world_size, batch_size=batch_size)
-    dataset.pack_patches = num_workers > 0  # workers send only real patches; see GatoDataset.collate
+    dataset.pack_patches = num_workers > 0  # workers send compact batches; see GatoDataset.collate
     return SequenceLoader(dataset, batch_size, num_workers, **loader_kwargs)
 
 
 def unpack_patches(batch: dict[str, torch.Tensor], max_patches: int | None = None) -> dict[str, torch.Tensor]:
-    """Packed patches (N, ...) -> the contract's (B, P, ...) with zero padding slots."""
+    """Packed patches (N, ...) -> the contract's (B, P, ...) with zero padding slots (the layout
+    of ``collate(packed=True)`` before workers sent compact batches; kept for callers)."""
     counts = batch["num_patches"].tolist()
     slots = max_patches or max(1, max(counts))
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(int)
@@ -401,6 +481,20 @@ def unpack_patches(batch: dict[str, torch.Tensor], max_patches: int | None = Non
             full[b, :count] = packed[starts[b]:starts[b + 1]]
         out[key] = torch.from_numpy(full)
     return out
+
+
+def _provenance(sequences: list[Assembled], length: int) -> dict[str, torch.Tensor]:
+    size = len(sequences)
+    episode = torch.full((size, length), -1, dtype=torch.int64)
+    offset = torch.full((size, length), -1, dtype=torch.int64)
+    prompt = torch.zeros((size, length), dtype=torch.bool)
+    for b, seq in enumerate(sequences):
+        n = len(seq.tokens)
+        episode[b, :n] = torch.from_numpy(seq.token_episode)
+        offset[b, :n] = torch.from_numpy(seq.token_offset)
+        prompt[b, :n] = torch.from_numpy(seq.is_prompt)
+    return {"token_episode": episode, "token_offset": offset, "is_prompt": prompt,
+            "prompt_kind": torch.tensor([seq.prompt_kind for seq in sequences], dtype=torch.int64)}
 
 
 def _allocate(specs: dict[str, tuple[tuple[int, ...], torch.dtype]], shared: bool) -> dict[str, torch.Tensor]:
