@@ -43,6 +43,8 @@ class BenchConfig:
     """Wall-time cap for training sections (dmc, walker)."""
     out: Path = Path("/tmp/gatoforge_bench_experts")
     """Where training sections keep checkpoints and curves."""
+    resume: Path | None = None
+    """dmc/walker: continue this saved SB3 run (model.zip) instead of starting afresh."""
 
 
 def main(cfg: BenchConfig) -> None:
@@ -51,7 +53,7 @@ def main(cfg: BenchConfig) -> None:
                "overhead": bench_overhead, "dmc": bench_dmc, "walker": bench_walker,
                "smoke": bench_smoke}[cfg.section]
     figures = section(cfg)
-    merge(cfg.section, figures)
+    merge(cfg.section + ("_resumed" if cfg.resume else ""), figures)
     print(json.dumps({cfg.section: figures}, indent=2))
 
 
@@ -144,7 +146,7 @@ def bench_walker(cfg: BenchConfig) -> dict:
 def _train_curve(task: str, cfg: BenchConfig) -> dict:
     from experts.train import train
 
-    out = cfg.out / task.replace("/", "_")
+    out = cfg.out / (task.replace("/", "_") + ("_resumed" if cfg.resume else ""))
     curve: list[dict] = []
 
     def on_episode(episode) -> None:
@@ -153,13 +155,14 @@ def _train_curve(task: str, cfg: BenchConfig) -> dict:
 
     start = time.perf_counter()
     checkpoint = train(task, budget="full", out_dir=out, seed=0, on_episode=on_episode,
-                       max_wall_seconds=cfg.minutes * 60, eval_episodes=4)
+                       max_wall_seconds=cfg.minutes * 60, eval_episodes=4, resume_from=cfg.resume)
     wall = time.perf_counter() - start
 
     best = max((c["return"] for c in curve), default=None)
     provenance = json.loads(Path(str(checkpoint).removesuffix(".zip") + ".json").read_text())
     evaluation = provenance["final_eval"]
-    return {"task": task, "budget_steps": provenance["budget_steps"], "steps_done": provenance["steps_done"],
+    return {"task": task, "resumed_from": provenance.get("resumed_from"),
+            "budget_steps": provenance["budget_steps"], "steps_done": provenance["steps_done"],
             "wall_seconds": round(wall, 1), "stopped_by_wall_cap": provenance.get("stopped_early", False),
             "best_training_episode_return": best, "final_eval": evaluation, "curve": curve,
             "checkpoint": str(checkpoint)}

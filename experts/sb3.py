@@ -71,10 +71,16 @@ class SB3Expert:
 
 def train_sb3(entry: TaskEntry, recipe: Recipe, out_dir: Path, seed: int,
               on_episode: Callable[[Episode], Any] | None, run_id: str,
-              max_wall_seconds: float | None = None,
-              progress: bool = False) -> tuple[Path, dict[str, Any], SB3Expert]:
+              max_wall_seconds: float | None = None, progress: bool = False,
+              resume_from: Path | None = None) -> tuple[Path, dict[str, Any], SB3Expert]:
     """Train per ``recipe``; returns the saved ``model.zip``, facts for the provenance and the
-    in-memory policy (to evaluate what was saved against what was trained)."""
+    in-memory policy (to evaluate what was saved against what was trained).
+
+    ``resume_from`` continues a saved run (its weights, step count and, for off-policy
+    algorithms, ``replay_buffer.pkl`` beside it if present) up to the budget; training
+    episodes then continue the earlier run's ``run_index`` numbering. Off-policy runs save
+    their replay buffer beside the model so they can be resumed.
+    """
     if entry.domain == "babyai":
         make = lambda i: GridOnly(entry.make_single_env(seed + i))  # noqa: E731
     else:
@@ -83,23 +89,53 @@ def train_sb3(entry: TaskEntry, recipe: Recipe, out_dir: Path, seed: int,
     venv = DummyVecEnv(fns)
     venv.seed(seed)
     algo_cls = algorithm_class(recipe.algo)
-    model = algo_cls(recipe.policy, venv, seed=seed, device="cpu", verbose=0, **_hyperparams(recipe.hyperparams))
-    callback = RecordingCallback(entry, on_episode, run_id, seed, max_wall_seconds)
-    model.learn(total_timesteps=recipe.steps, callback=callback, progress_bar=progress)
+    start_index = 0
+    if resume_from is not None:
+        model, start_index = _resume(algo_cls, Path(resume_from), venv, entry)
+    else:
+        model = algo_cls(recipe.policy, venv, seed=seed, device="cpu", verbose=0, **_hyperparams(recipe.hyperparams))
+    callback = RecordingCallback(entry, on_episode, run_id, seed, max_wall_seconds, start_index)
+    model.learn(total_timesteps=max(recipe.steps - model.num_timesteps, 1), callback=callback,
+                progress_bar=progress, reset_num_timesteps=resume_from is None)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "model.zip"
     model.save(str(path))
+    if hasattr(model, "save_replay_buffer") and recipe.algo in ("sac", "tqc", "td3") and entry.domain != "atari":
+        model.save_replay_buffer(str(out_dir / "replay_buffer.pkl"))
     venv.close()
-    facts = {"steps_done": int(model.num_timesteps), "stopped_early": callback.stopped_early}
+    facts = {"steps_done": int(model.num_timesteps), "stopped_early": callback.stopped_early,
+             "resumed_from": str(resume_from) if resume_from else None, "start_run_index": start_index}
     return path, facts, SB3Expert(model, recipe.algo)
+
+
+def _resume(algo_cls, path: Path, venv, entry: TaskEntry):
+    """Load a saved run to continue it; returns the model and the next run_index."""
+    if path.is_dir():
+        path = path / "model.zip"
+    if not path.exists():
+        raise ValueError(f"resume_from={path}: no SB3 model.zip there")
+    model = algo_cls.load(str(path), env=venv, device="cpu")
+    check_spaces(str(path), venv.observation_space, model.observation_space, "observation")
+    buffer = path.with_name("replay_buffer.pkl")
+    if buffer.exists() and hasattr(model, "load_replay_buffer"):
+        model.load_replay_buffer(str(buffer))
+    provenance = path.with_suffix(".json")
+    start_index = 0
+    if provenance.exists():
+        previous = json.loads(provenance.read_text())
+        start_index = int(previous.get("next_run_index", previous.get("training_episodes", 0)))
+    logger.info("resuming %s at %d steps (replay buffer: %s, next run_index %d)", path, model.num_timesteps,
+                buffer.exists(), start_index)
+    return model, start_index
 
 
 class RecordingCallback(BaseCallback):
     """Feeds each SB3 rollout step to an EpisodeRecorder and enforces an optional wall-time cap."""
 
     def __init__(self, entry: TaskEntry, on_episode: Callable[[Episode], Any] | None, run_id: str, seed: int,
-                 max_wall_seconds: float | None = None) -> None:
+                 max_wall_seconds: float | None = None, start_index: int = 0) -> None:
         super().__init__()
+        self.start_index = start_index
         self.entry, self.on_episode, self.run_id, self.seed = entry, on_episode, run_id, seed
         self.max_wall_seconds = max_wall_seconds
         self.recorder: EpisodeRecorder | None = None
@@ -111,7 +147,8 @@ class RecordingCallback(BaseCallback):
         self._start = time.perf_counter()
         self._transpose = is_vecenv_wrapped(self.training_env, VecTransposeImage)
         self.recorder = EpisodeRecorder(self.entry, self.training_env.num_envs, "training", self.run_id, self.seed,
-                                        on_episode=self.on_episode, start_policy_steps=self.model.num_timesteps)
+                                        on_episode=self.on_episode, start_policy_steps=self.model.num_timesteps,
+                                        start_index=self.start_index)
 
     def _on_step(self) -> bool:
         # At callback time SB3 has not yet replaced _last_obs: it is the observation acted on.

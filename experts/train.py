@@ -35,14 +35,16 @@ logger = logging.getLogger(__name__)
 def train(task_id: str, budget: str = "smoke", out_dir: str | Path | None = None, seed: int = 0,
           on_episode: Callable[[Episode], Any] | None = None, trainer: str | None = None,
           steps: int | None = None, max_wall_seconds: float | None = None, write_episodes: bool = True,
-          progress: bool = False, eval_episodes: int = 4, eval_seed: int = 1000) -> Path:
+          progress: bool = False, eval_episodes: int = 4, eval_seed: int = 1000,
+          resume_from: str | Path | None = None) -> Path:
     """Train ``task_id`` with its zoo recipe; returns the checkpoint path (.zip or SF dir).
 
     ``trainer`` picks ``sb3`` or ``sample-factory`` over the zoo's default; ``steps``
     overrides the budget's step count (tests); ``max_wall_seconds`` stops early (recorded).
     The trained policy is evaluated for ``eval_episodes`` on 2 envs seeded ``eval_seed``
     (deterministic actions) and the returns go in the provenance, so a reloaded checkpoint
-    can be checked against them.
+    can be checked against them. ``resume_from`` (SB3 only) continues a saved run into a new
+    ``out_dir``, its training episodes numbered after the earlier run's.
     """
     entry = get_task(task_id)
     _limit_threads()
@@ -65,9 +67,11 @@ def train(task_id: str, budget: str = "smoke", out_dir: str | Path | None = None
             from experts.sb3 import train_sb3
 
             checkpoint, facts, policy = train_sb3(entry, recipe, out_dir, seed, sink, run_id, max_wall_seconds,
-                                                  progress)
+                                                  progress, Path(resume_from) if resume_from else None)
             provenance_path = checkpoint.with_suffix(".json")
         else:
+            if resume_from:
+                raise ValueError("resume_from is supported for SB3 runs only")
             from experts.samplefactory import train_sample_factory
 
             checkpoint, facts, policy = train_sample_factory(entry, recipe, out_dir, seed, sink, run_id,
@@ -84,6 +88,7 @@ def train(task_id: str, budget: str = "smoke", out_dir: str | Path | None = None
                                "success_rate": result.success_rate}
     provenance = {**recipe.provenance(), **facts, "seed": seed, "run_id": run_id,
                   "wall_seconds": round(time.perf_counter() - start, 1), "training_episodes": sink.count,
+                  "next_run_index": max(sink.next_run_index, facts.get("start_run_index", 0)),
                   "episodes_root": str(sink.root) if write_episodes else None,
                   "versions": software_versions(), "machine": platform.machine(),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -99,7 +104,7 @@ class TrainingSink:
 
     def __init__(self, entry, out_dir: Path, run_id: str, expert: dict[str, Any],
                  on_episode: Callable[[Episode], Any] | None, write_episodes: bool) -> None:
-        self.entry, self.on_episode, self.count = entry, on_episode, 0
+        self.entry, self.on_episode, self.count, self.next_run_index = entry, on_episode, 0, 0
         self.root = out_dir / "episodes"
         self.writer = None
         if write_episodes:
@@ -111,6 +116,7 @@ class TrainingSink:
 
     def __call__(self, episode: Episode) -> None:
         self.count += 1
+        self.next_run_index = episode.run_index + 1
         if self.writer is not None:
             self.writer.add(episode)
         self._curve.write(f"{episode.run_index},{episode.policy_steps},{episode.policy_steps + episode.length},"

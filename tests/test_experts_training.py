@@ -123,3 +123,16 @@ def test_cli_list_and_evaluate(capsys):
     assert row["episodes"] == 4 and row["success_rate"] == 1.0 and row["steps_per_second"] > 0
     assert main(["evaluate", "babyai/GoToRedBal", "--episodes", "1"]) == 2
     assert "babyai/GoToRedBall" in capsys.readouterr().err
+
+
+def test_sb3_resume_continues_steps_and_run_index(sb3_run, tmp_path):
+    out, checkpoint, episodes = sb3_run
+    before = json.loads((out / "model.json").read_text())
+    assert before["next_run_index"] == len(episodes)
+    more = []
+    resumed = train(TASK, budget="smoke", out_dir=tmp_path / "resumed", seed=3, on_episode=more.append,
+                    trainer="sb3", steps=1024, resume_from=checkpoint, eval_episodes=0)
+    after = json.loads(resumed.with_suffix(".json").read_text())
+    assert after["resumed_from"] == str(checkpoint) and after["steps_done"] >= 1024
+    assert [e.run_index for e in more] == list(range(len(episodes), len(episodes) + len(more)))
+    assert more and min(e.policy_steps for e in more) >= before["steps_done"]
