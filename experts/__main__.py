@@ -6,6 +6,7 @@
     python -m experts evaluate atari/pong --expert hf://org/repo --episodes 10
     python -m experts train dmc/cartpole-swingup --budget smoke --out runs/cartpole
     python -m experts train procgen/coinrun --budget smoke --trainer sample-factory --out runs/coinrun_sf
+    python -m experts train dmc/walker-walk --budget full --out runs/walker2 --resume runs/walker/model.zip
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class TrainCommand:
     """training seed"""
     max_minutes: Optional[float] = None
     """stop SB3 training after this wall time (recorded in the provenance)"""
+    resume: Optional[Path] = None
+    """continue this saved SB3 run (model.zip, replay_buffer.pkl beside it if any) into --out"""
 
 
 Command = Union[
@@ -110,7 +113,7 @@ def run(command) -> int:
     from experts.train import train
 
     checkpoint = train(command.task, budget=command.budget, out_dir=command.out, seed=command.seed,
-                       trainer=command.trainer, progress=True,
+                       trainer=command.trainer, progress=True, resume_from=command.resume,
                        max_wall_seconds=command.max_minutes * 60 if command.max_minutes else None)
     print(checkpoint)
     return 0
