@@ -131,6 +131,9 @@ class ShardSampler:
         self.prompt_debt = 0
         self.buffer: list[tuple[Plan, Assembled | None]] = []
         self.dry = False
+        # units the plan being made pushed out of a pool: its pieces may still point into them
+        # (a prompt from the oldest unit), so assembly finds them here instead of reading again
+        self.evicted: dict[tuple[str, int], UnitTokens] = {}
 
     # -------------------------------------------------------------- generation
 
@@ -141,6 +144,7 @@ class ShardSampler:
             if plan is None:
                 break
             item = (plan, None if self.dry else self.assemble(plan))
+            self.evicted.clear()
             if len(self.buffer) < size:
                 self.buffer.append(item)
                 continue
@@ -250,7 +254,9 @@ class ShardSampler:
                 if held - oldest.num_tokens < floor:
                     break
                 held -= oldest.num_tokens
-                stream.pool.popitem(last=False)
+                gone, _ = stream.pool.popitem(last=False)
+                if not self.dry:
+                    self.evicted[(stream.task, gone)] = oldest
         return tokens
 
     def _prompt(self, stream: TaskStream, unit: int, position: int, budget: int) -> tuple[int, tuple] | None:
@@ -297,7 +303,7 @@ class ShardSampler:
         prompt_left = plan.prompt_tokens
         for task, unit, start, end in plan.pieces:
             stream = self.streams[task]
-            tokens = stream.pool.get(unit)
+            tokens = stream.pool.get(unit) or self.evicted.get((task, unit))
             if tokens is None or tokens.steps is None:
                 tokens = self.catalog.load_unit(task, stream.units[unit], full=True)
                 if unit in stream.pool:
