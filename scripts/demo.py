@@ -1,53 +1,246 @@
-"""`make demo`: the whole pipeline on datasets/quickstart.yaml, stage by stage, resumable.
+"""`make demo`: the whole GatoForge pipeline on datasets/quickstart.yaml, stage by stage, resumable.
 
-    python scripts/demo.py [--out runs/demo]
+    python scripts/demo.py                                # collect, validate, curate, tokenizer, train, evaluate, report
+    python scripts/demo.py --out runs/demo --train-minutes 20 --temperature 1.0
+    python scripts/demo.py --skip-collect --skip-train    # re-evaluate / re-report only
+    python scripts/demo.py --overwrite-curation           # redo curation (and what depends on it)
 
-Each stage runs only if its package is installed in this checkout; a missing stage is
-reported as not built yet, never faked. Every stage resumes on a rerun.
+Stages (each one the real command a user would type, its progress shown live, its wall time
+printed and kept in OUT/stages.json):
+
+1. collect   collectors/run_all.py --spec datasets/quickstart.yaml --out OUT/data (local Ray);
+             a rerun skips committed units
+2. validate  python -m shards validate OUT/data
+3. curate    python -m curation select OUT/data --out OUT/curated --report (Gato's 80% filter);
+             skipped while OUT/curated is newer than OUT/data, else redone with --overwrite
+4. tokenizer python -m trainer.tokenizer fit OUT/curated --out OUT/text.model (same rule)
+5. train     python -m trainer.train --config trainer/configs/demo.yaml --out OUT/train, run in
+             checkpoint-sized slices until its steps are done or --train-minutes is spent;
+             a rerun resumes from the last checkpoint
+6. evaluate  python -m trainer.evaluate --episodes 50 on the BabyAI, Meta-World and cartpole
+             tasks; redone only when the checkpoint (or the evaluation settings) changed
+7. report    OUT/report.html (scripts/demo_report.py)
+
+A failing stage stops the demo with the command that failed and its exit code.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
+import json
+import os
+import re
+import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import tyro
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from demo_report import write_report  # noqa: E402  (a sibling module of this script)
+
+DEMO_TASKS = ("babyai/GoToRedBall", "babyai/GoToLocal", "metaworld/reach-v3", "metaworld/push-v3",
+              "dmc/cartpole-balance")
+STAGES = ("collect", "validate", "curate", "tokenizer", "train", "evaluate", "report")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(REPO / "runs" / "demo"))
-    args = parser.parse_args()
-    out = Path(args.out)
+@dataclass
+class DemoConfig:
+    """Run the GatoForge pipeline end to end on the quickstart spec and write OUT/report.html."""
+
+    out: str = str(REPO / "runs" / "demo")
+    """demo folder: data/, curated/, text.model, train/, eval/, report.html, stages.json"""
+    spec: str = str(REPO / "datasets" / "quickstart.yaml")
+    """dataset spec to collect"""
+    train_config: str = str(REPO / "trainer" / "configs" / "demo.yaml")
+    """trainer YAML for the small Gato"""
+    train_minutes: float = 22.0
+    """wall-clock budget of the training stage in this invocation (it stops at a checkpoint)"""
+    tasks: tuple[str, ...] = DEMO_TASKS
+    """tasks to evaluate (Atari/Procgen are collected but neither trained on nor evaluated)"""
+    episodes: int = 50
+    """evaluation episodes per task (Gato: 50)"""
+    temperature: float = 1.0
+    """sampling temperature of the action tokens at evaluation (0 = greedy)"""
+    num_cpus: int | None = None
+    """CPUs of the local Ray used for collection and evaluation (default: all cores)"""
+    eval_ray: bool = True
+    """evaluate the tasks in parallel on local Ray workers"""
+    overwrite_curation: bool = False
+    """redo curation even if its output is newer than the collected data"""
+    skip_collect: bool = False
+    skip_validate: bool = False
+    skip_curate: bool = False
+    skip_tokenizer: bool = False
+    skip_train: bool = False
+    skip_evaluate: bool = False
+    skip_report: bool = False
+
+
+class StageFailed(RuntimeError):
+    """A stage's command failed; the message names it."""
+
+
+def main(config: DemoConfig) -> int:
+    out = Path(config.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    stages = [
-        ("collect", "collectors.run_all",
-         [str(REPO / "collectors" / "run_all.py"), "--spec", str(REPO / "datasets" / "quickstart.yaml"), "--out", str(out / "data")]),
-        ("validate", "shards", ["-m", "shards", "validate", str(out / "data")]),
-    ]
-    for name, module, command in stages:
-        if importlib.util.find_spec(module) is None or not _entry_exists(module):
-            print(f"[demo] {name}: not built yet ({module} is missing); stopping here")
-            return 0
-        print(f"[demo] {name}: {' '.join(command)}", flush=True)
-        start = time.time()
-        result = subprocess.run([sys.executable, *command])
-        if result.returncode != 0:
-            print(f"[demo] {name} failed (exit {result.returncode})")
-            return result.returncode
-        print(f"[demo] {name} done in {time.time() - start:.0f} s")
-    print(f"[demo] results under {out}")
+    timings = _load_json(out / "stages.json")
+    runners = {"collect": _collect, "validate": _validate, "curate": _curate, "tokenizer": _tokenizer,
+               "train": _train, "evaluate": _evaluate, "report": _report}
+    total_start = time.perf_counter()
+    for number, name in enumerate(STAGES, 1):
+        if getattr(config, f"skip_{name}"):
+            print(f"[demo] {number}/{len(STAGES)} {name}: skipped (--skip-{name})", flush=True)
+            continue
+        print(f"[demo] {number}/{len(STAGES)} {name} ...", flush=True)
+        start = time.perf_counter()
+        try:
+            note = runners[name](config, out)
+        except StageFailed as error:
+            print(f"[demo] {name} FAILED: {error}\n[demo] fix it and rerun: finished stages are kept and resume.",
+                  flush=True)
+            return 1
+        seconds = time.perf_counter() - start
+        timings[name] = {"seconds": round(seconds, 1), "note": note, "finished": _now()}
+        _write_json(out / "stages.json", timings)
+        print(f"[demo] {name} done in {_clock(seconds)}{f' ({note})' if note else ''}", flush=True)
+    print(f"[demo] all stages done in {_clock(time.perf_counter() - total_start)}; open {out / 'report.html'}")
     return 0
 
 
-def _entry_exists(module: str) -> bool:
-    spec = importlib.util.find_spec(module)
-    return spec is not None and spec.origin is not None and Path(spec.origin).exists()
+# ---- stages -------------------------------------------------------------------------------------
+
+def _collect(config: DemoConfig, out: Path) -> str:
+    command = [str(REPO / "collectors" / "run_all.py"), "--spec", config.spec, "--out", str(out / "data")]
+    if config.num_cpus:
+        command += ["--num-cpus", str(config.num_cpus)]
+    _run("collect", command)
+    return ""
+
+
+def _validate(config: DemoConfig, out: Path) -> str:
+    _run("validate", ["-m", "shards", "validate", str(out / "data")])
+    return ""
+
+
+def _curate(config: DemoConfig, out: Path) -> str:
+    src, dst = out / "data", out / "curated"
+    if not config.overwrite_curation and _newer(dst / "episodes.parquet", src / "episodes.parquet"):
+        return "kept: newer than the collected data"
+    command = ["-m", "curation", "select", str(src), "--out", str(dst), "--report"]
+    if dst.exists():
+        command.append("--overwrite")
+    _run("curate", command)
+    return ""
+
+
+def _tokenizer(config: DemoConfig, out: Path) -> str:
+    model = out / "text.model"
+    if _newer(model, out / "curated" / "episodes.parquet"):
+        return "kept: newer than the curated data"
+    _run("tokenizer", ["-m", "trainer.tokenizer", "fit", str(out / "curated"), "--out", str(model)])
+    return ""
+
+
+def _train(config: DemoConfig, out: Path) -> str:
+    """Slices of `checkpoint_every` steps, so the budget is kept without losing work past a checkpoint."""
+    settings = yaml.safe_load(Path(config.train_config).read_text()) or {}
+    total, slice_steps = int(settings.get("steps", 1000)), int(settings.get("checkpoint_every", 200))
+    run = out / "train"
+    command = ["-m", "trainer.train", "--data", str(out / "curated"), "--config", config.train_config,
+               "--out", str(run), "--loader.text-model", str(out / "text.model")]
+    deadline = time.perf_counter() + 60 * config.train_minutes
+    slowest = 0.0
+    start_step = step = _checkpoint_step(run)
+    while step < total:
+        left = deadline - time.perf_counter()
+        if slowest and left < slowest:
+            print(f"[demo] train: stopping at step {step}/{total}: {left:.0f} s of the {config.train_minutes:g}-minute "
+                  f"budget left, a slice takes {slowest:.0f} s", flush=True)
+            break
+        began = time.perf_counter()
+        _run("train", [*command, "--stop-after-steps", str(min(slice_steps, total - step))])
+        slowest = max(slowest, time.perf_counter() - began)
+        step = _checkpoint_step(run)
+    return f"steps {start_step} -> {step} of {total}"
+
+
+def _evaluate(config: DemoConfig, out: Path) -> str:
+    from trainer.checkpoint import latest_checkpoint
+
+    checkpoint = latest_checkpoint(out / "train")
+    if checkpoint is None:
+        raise StageFailed(f"no checkpoint under {out / 'train'}: run the train stage first")
+    stat = checkpoint.stat()
+    key = {"checkpoint": checkpoint.name, "size": stat.st_size, "mtime": stat.st_mtime, "tasks": list(config.tasks),
+           "episodes": config.episodes, "temperature": config.temperature}
+    eval_dir = out / "eval"
+    if (eval_dir / "eval.json").exists() and _load_json(eval_dir / "demo-key.json") == key:
+        return f"kept: {checkpoint.name} already evaluated"
+    command = ["-m", "trainer.evaluate", "--checkpoint", str(out / "train"), "--tasks", *config.tasks,
+               "--episodes", str(config.episodes), "--temperature", str(config.temperature), "--out", str(eval_dir)]
+    if config.eval_ray:
+        command.append("--ray")
+    _run("evaluate", command)
+    _write_json(eval_dir / "demo-key.json", key)
+    return checkpoint.name
+
+
+def _report(config: DemoConfig, out: Path) -> str:
+    path = write_report(out, config.tasks, _load_json(out / "stages.json"), config.train_config)
+    return str(path)
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+def _run(stage: str, args: list[str]) -> None:
+    """Run ``python ARGS`` from the repo with live output; raise StageFailed on a non-zero exit."""
+    command = [sys.executable, *args]
+    print(f"[demo] $ {shlex.join(command)}", flush=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env.setdefault("RAY_AUTH_MODE", "disabled")
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    result = subprocess.run(command, cwd=REPO, env=env)
+    if result.returncode != 0:
+        raise StageFailed(f"`{shlex.join(command)}` exited with code {result.returncode}")
+
+
+def _checkpoint_step(run: Path) -> int:
+    from trainer.checkpoint import latest_checkpoint
+
+    path = latest_checkpoint(run)
+    match = re.search(r"step-(\d+)\.pt$", path.name) if path else None
+    return int(match.group(1)) if match else 0
+
+
+def _newer(path: Path, than: Path) -> bool:
+    return path.exists() and than.exists() and path.stat().st_mtime >= than.stat().st_mtime
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(tyro.cli(DemoConfig)))
