@@ -10,7 +10,8 @@ Atari-like (84x84x4 stacked frames of a simple, compressible scene, 1 discrete a
 
 Measured in one run (medians of ``repeats``):
 - raw: pyarrow reading every row group of the same step files (all columns, one thread),
-  steps/s and decoded MB/s: the ceiling for anything that reads these bytes;
+  steps/s and decoded MB/s: the ceiling for anything that reads these bytes; measured at the
+  start and again right before each loader setting (each setting's ratio uses its own);
 - loader: one full pass (``passes=1``, so every step is served once) through
   ``make_loader`` with 0 (in-process), 1 and 2 workers, batch 8, L = 1024: steps/s,
   tokens/s, and steps/s as a fraction of raw (target >= 0.30), overall and per domain; once
@@ -19,6 +20,9 @@ Measured in one run (medians of ``repeats``):
 - memory: peak RSS (main process + workers, sampled every 50 ms with psutil) while streaming
   an image-only dataset of ``big_gb`` GB on disk (incompressible frames) and one a tenth of
   that size: flat means the two peaks are close.
+Context figures (same run): ``cpu_fraction_of_raw``, the same ratio in CPU seconds (main +
+workers), steadier than wall time on a shared machine; ``float32_patch_floor``, the time just
+to write the pass's float32 patches (one scaling write per value), which bounds the float32 ratio.
 Prints JSON and writes bench/results/loader.json. The machine's load average is recorded:
 on a shared 2-core machine the runs with DataLoader workers compete with other processes.
 """
@@ -87,9 +91,18 @@ def main(config: BenchConfig) -> dict:
         for dtype in ("float32", "uint8"):
             for workers in (0, 1, 2):
                 key = f"workers_{workers}" + ("" if dtype == "float32" else "_uint8_patches")
+                # raw is measured again next to each setting: other jobs' load swings within a run
+                adjacent = median_run(lambda: raw_decode(root), config.repeats)
                 loader[key] = median_run(lambda: loader_pass(root, model, config, workers, patch_dtype=dtype), config.repeats)
+                loader[key]["raw_steps_per_second"] = adjacent["steps_per_second"]
+                loader[key]["raw_cpu_seconds"] = adjacent["cpu_seconds"]
         result["loader"] = loader
-        result["fraction_of_raw"] = {k: round(v["steps_per_second"] / raw["steps_per_second"], 3) for k, v in loader.items()}
+        result["fraction_of_raw"] = {k: round(v["steps_per_second"] / v["raw_steps_per_second"], 3) for k, v in loader.items()}
+        # context on a shared machine: CPU seconds (main process + workers) per step, raw over
+        # loader; wall-clock ratios swing with other jobs' load, CPU time much less
+        result["cpu_fraction_of_raw"] = {k: round(v["raw_cpu_seconds"] / max(v["cpu_seconds"], 1e-9), 3)
+                                         for k, v in loader.items()}
+        result["float32_patch_floor"] = float32_patch_floor(root, raw)
         per_domain = {}
         for domain in ("babyai", "metaworld", "atari"):
             domain_raw = median_run(lambda: raw_decode(root, domain), config.repeats)
@@ -127,7 +140,7 @@ def main(config: BenchConfig) -> dict:
 def raw_decode(root: Path, domain: str | None = None) -> dict:
     """Decode every row group of the step files with plain pyarrow (all columns, one thread)."""
     files = sorted(p for p in (root / "data").rglob("*.parquet") if domain is None or f"/data/{domain}/" in str(p))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     rows = decoded = 0
     for path in files:
         parquet = pq.ParquetFile(path)
@@ -135,9 +148,9 @@ def raw_decode(root: Path, domain: str | None = None) -> dict:
             table = parquet.read_row_group(group, use_threads=False)
             rows += table.num_rows
             decoded += table.nbytes
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     return {"seconds": round(seconds, 3), "steps": rows, "steps_per_second": round(rows / seconds, 1),
-            "decoded_mb_per_second": round(decoded / seconds / 1e6, 1)}
+            "decoded_mb_per_second": round(decoded / seconds / 1e6, 1), "cpu_seconds": round(cpu, 3)}
 
 
 def loader_pass(root: Path, model: Path, config: BenchConfig, workers: int, only: str | None = None,
@@ -149,14 +162,31 @@ def loader_pass(root: Path, model: Path, config: BenchConfig, workers: int, only
     loader = make_loader(data, batch_size=config.batch_size, num_workers=workers)
     index = Dataset(str(root)).index.to_pydict()
     steps = sum(n for n, task in zip(index["length"], index["task"]) if only is None or task.startswith(only + "/"))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     sequences = 0
     for batch in loader:
         sequences += len(batch["tokens"])
     seconds = time.perf_counter() - start
-    return {"seconds": round(seconds, 3), "steps": steps, "sequences": sequences,
+    cpu = _cpu_seconds() - cpu  # workers are joined when the pass ends, so their CPU is in
+    return {"seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3), "steps": steps, "sequences": sequences,
             "steps_per_second": round(steps / seconds, 1), "tokens_per_second": round(loader.real_tokens / seconds, 1),
             "padding_fraction": round(loader.padding_fraction, 5)}
+
+
+def float32_patch_floor(root: Path, raw: dict) -> dict:
+    """Context: the time just to write the contract's float32 patches for every image step of
+    the pass (one scaling write per value, a new array per 200 steps), nothing else."""
+    from trainer.patches import scale_patches
+
+    index = Dataset(str(root)).index.to_pydict()
+    image_steps = sum(n for n, task in zip(index["length"], index["task"]) if task.startswith("atari/"))
+    chunk = np.full((200, 36, 4, 16, 16), 87, np.uint8)  # 200 steps of 96x96x4 padded pixels
+    start = time.perf_counter()
+    for _ in range(-(-image_steps // len(chunk))):
+        scale_patches(chunk, out=np.empty(chunk.shape, np.float32))
+    seconds = time.perf_counter() - start
+    return {"image_steps": image_steps, "float32_bytes": image_steps * chunk[0].size * 4, "seconds": round(seconds, 3),
+            "max_fraction_of_raw_with_float32_patches": round((raw["steps"] / raw["steps_per_second"]) / seconds, 3)}
 
 
 def endless_padding(root: Path, model: Path, config: BenchConfig, sequences: int = 400) -> float:
@@ -225,6 +255,12 @@ class RssSampler:
         while not self._stop.is_set():
             self.peak = max(self.peak, self._rss())
             time.sleep(self.interval)
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and its waited-for children (finished DataLoader workers)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def median_run(run, repeats: int) -> dict:
