@@ -328,8 +328,8 @@ class ShardSampler:
                 step = np.searchsorted(steps.step_offsets, image_positions, side="right") - 1
                 patch = image_positions - steps.step_offsets[step] - layout.image_start
                 # a piece's patches are consecutive in (step, patch) order: one slice, a view
-                # (not a copy: copying every pixel once more cost ~10% of a pass); the shuffle
-                # buffer then keeps its sequences' units alive, a few recent units per task
+                # (a copy would write every pixel once more); the shuffle buffer then keeps the
+                # units its sequences come from alive: a few recent units per task
                 flat = steps.patches.reshape(-1, *steps.patches.shape[2:])
                 first = int(step[0]) * layout.patches + int(patch[0])
                 parts["patches"].append(flat[first:first + len(image_positions)])
