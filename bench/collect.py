@@ -257,7 +257,7 @@ def bench_scaling(plan, config: BenchConfig) -> dict[str, Any]:
     unit = _unit(plan, expert, episodes=None)
     warm = pipeline_run(unit, episodes=unit.num_envs)
     mean_length = warm["steps"] / max(warm["episodes"], 1)
-    episodes = int(np.ceil(max(unit.num_envs, config.seconds * 3 * warm["sps"] / max(mean_length, 1))
+    episodes = int(np.ceil(max(unit.num_envs, config.seconds * 8 * warm["sps"] / max(mean_length, 1))
                            / unit.num_envs) * unit.num_envs)
     units = [dataclasses.replace(unit, name=f"scale-{i}", episodes=episodes, first_index=i * episodes,
                                  seed=unit.seed + i) for i in range(4)]
