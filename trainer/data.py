@@ -49,6 +49,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -503,18 +504,16 @@ def _allocate(specs: dict[str, tuple[tuple[int, ...], torch.dtype]], shared: boo
     (each shared segment costs system calls on both sides)."""
     layout, total = {}, 0
     for key, (shape, dtype) in specs.items():
-        itemsize = torch.empty((), dtype=dtype).element_size()
         total = -(-total // 64) * 64  # 64-byte aligned segments
         layout[key] = (total, shape, dtype)
-        total += max(1, int(np.prod(shape))) * itemsize
+        total += max(1, math.prod(shape)) * dtype.itemsize
     if shared:  # new shared memory is zero-filled by the OS
         storage = torch.UntypedStorage._new_shared(total)
     else:
         storage = torch.from_numpy(_host_buffer(total)).untyped_storage()
     out = {}
     for key, (offset, shape, dtype) in layout.items():
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        out[key] = torch.empty((0,), dtype=dtype).set_(storage, offset // itemsize, shape)
+        out[key] = torch.empty((0,), dtype=dtype).set_(storage, offset // dtype.itemsize, shape)
     return out
 
 
