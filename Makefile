@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev,bench]'
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 lock: $(STAMP)
