@@ -129,7 +129,9 @@ def _loss_curve(out: Path) -> dict[str, Any]:
 
     steps = [int(r["step"]) for r in rows]
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    for column in ("loss", "action_loss"):
+    columns = ["loss"] + [c for c in ("action_loss", "observation_loss")
+                          if any(float(r[c]) != float(r["loss"]) and float(r[c]) > 0 for r in rows)]
+    for column in columns:  # action_loss equals loss when the next-observation loss is off (Gato)
         ax.plot(steps, [float(r[column]) for r in rows], label=column)
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
