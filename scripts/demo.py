@@ -17,8 +17,9 @@ printed and kept in OUT/stages.json):
 5. train     python -m trainer.train --config trainer/configs/demo.yaml --out OUT/train, run in
              checkpoint-sized slices until its steps are done or --train-minutes is spent;
              a rerun resumes from the last checkpoint
-6. evaluate  python -m trainer.evaluate --episodes 50 on the BabyAI, Meta-World and cartpole
-             tasks; redone only when the checkpoint (or the evaluation settings) changed
+6. evaluate  python -m trainer.evaluate --episodes 50, one process per task (BabyAI, Meta-World,
+             cartpole), --jobs at a time, merged into OUT/eval/eval.{md,csv,json,png}; a task is
+             redone only when the checkpoint (or the evaluation settings) changed
 7. report    OUT/report.html (scripts/demo_report.py)
 
 A failing stage stops the demo with the command that failed and its exit code.
@@ -45,6 +46,8 @@ from demo_report import write_report  # noqa: E402  (a sibling module of this sc
 
 DEMO_TASKS = ("babyai/GoToRedBall", "babyai/GoToLocal", "metaworld/reach-v3", "metaworld/push-v3",
               "dmc/cartpole-balance")
+# Relative cost of one evaluation episode by domain (steps x tokens per step): the long ones start first.
+EVAL_COST = {"dmc": 50, "metaworld": 40, "procgen": 20, "atari": 20, "babyai": 1}
 STAGES = ("collect", "validate", "curate", "tokenizer", "train", "evaluate", "report")
 
 
@@ -67,9 +70,9 @@ class DemoConfig:
     temperature: float = 1.0
     """sampling temperature of the action tokens at evaluation (0 = greedy)"""
     num_cpus: int | None = None
-    """CPUs of the local Ray used for collection and evaluation (default: all cores)"""
-    eval_ray: bool = True
-    """evaluate the tasks in parallel on local Ray workers"""
+    """CPUs of the local Ray used for collection (default: all cores)"""
+    jobs: int = max(1, os.cpu_count() or 1)
+    """evaluation processes run at once (one task each, one torch thread each)"""
     overwrite_curation: bool = False
     """redo curation even if its output is newer than the collected data"""
     skip_collect: bool = False
@@ -105,7 +108,7 @@ def main(config: DemoConfig) -> int:
                   flush=True)
             return 1
         seconds = time.perf_counter() - start
-        timings[name] = {"seconds": round(seconds, 1), "note": note, "finished": _now()}
+        timings[name] = _timing(timings.get(name), seconds, note)
         _write_json(out / "stages.json", timings)
         print(f"[demo] {name} done in {_clock(seconds)}{f' ({note})' if note else ''}", flush=True)
     print(f"[demo] all stages done in {_clock(time.perf_counter() - total_start)}; open {out / 'report.html'}")
@@ -118,8 +121,10 @@ def _collect(config: DemoConfig, out: Path) -> str:
     command = [str(REPO / "collectors" / "run_all.py"), "--spec", config.spec, "--out", str(out / "data")]
     if config.num_cpus:
         command += ["--num-cpus", str(config.num_cpus)]
+    plan = json.loads(_output("collect", [*command, "--dry-run", "--json"]))["rows"]
+    pending = sum(not row["committed"] for row in plan)
     _run("collect", command)
-    return ""
+    return "" if pending else f"kept: all {len(plan)} units were already committed"
 
 
 def _validate(config: DemoConfig, out: Path) -> str:
@@ -170,24 +175,42 @@ def _train(config: DemoConfig, out: Path) -> str:
 
 
 def _evaluate(config: DemoConfig, out: Path) -> str:
+    """One `trainer.evaluate` process per task, `--jobs` at a time (longest first), then one merged table.
+
+    Separate processes (one torch thread each) keep every task's own progress bar visible and
+    finish the long control tasks in parallel; a task is redone only if its checkpoint or
+    settings changed.
+    """
     from trainer.checkpoint import latest_checkpoint
+    from trainer.evaluate import write_report as write_eval_report
 
     checkpoint = latest_checkpoint(out / "train")
     if checkpoint is None:
         raise StageFailed(f"no checkpoint under {out / 'train'}: run the train stage first")
     stat = checkpoint.stat()
-    key = {"checkpoint": checkpoint.name, "size": stat.st_size, "mtime": stat.st_mtime, "tasks": list(config.tasks),
+    key = {"checkpoint": checkpoint.name, "size": stat.st_size, "mtime": stat.st_mtime,
            "episodes": config.episodes, "temperature": config.temperature}
     eval_dir = out / "eval"
-    if (eval_dir / "eval.json").exists() and _load_json(eval_dir / "demo-key.json") == key:
-        return f"kept: {checkpoint.name} already evaluated"
-    command = ["-m", "trainer.evaluate", "--checkpoint", str(out / "train"), "--tasks", *config.tasks,
-               "--episodes", str(config.episodes), "--temperature", str(config.temperature), "--out", str(eval_dir)]
-    if config.eval_ray:
-        command.append("--ray")
-    _run("evaluate", command)
-    _write_json(eval_dir / "demo-key.json", key)
-    return checkpoint.name
+    pending = {}
+    for task in config.tasks:
+        folder = eval_dir / "tasks" / task.replace("/", "__")
+        if not ((folder / "eval.json").exists() and _load_json(folder / "demo-key.json") == key):
+            pending[task] = folder
+    order = sorted(pending, key=lambda t: -EVAL_COST.get(t.split("/")[0], 1))
+    _run_parallel("evaluate", [(task, ["-m", "trainer.evaluate", "--checkpoint", str(out / "train"), "--tasks", task,
+                                       "--episodes", str(config.episodes), "--temperature", str(config.temperature),
+                                       "--out", str(pending[task])]) for task in order], config.jobs, eval_dir / "logs")
+    for task in order:
+        _write_json(pending[task] / "demo-key.json", key)
+    rows = [json.loads((eval_dir / "tasks" / t.replace("/", "__") / "eval.json").read_text())["rows"][0]
+            for t in config.tasks]
+    write_eval_report(rows, eval_dir, title=f"{checkpoint.name} ({config.episodes} episodes per task, "
+                                            f"temperature {config.temperature:g})")
+    from shards.console import print_table
+
+    print_table([{k: r[k] for k in ("task", "mean_return", "success_rate", "normalized_score", "expert_return",
+                                    "random_return", "seconds")} for r in rows], title="evaluation")
+    return f"{checkpoint.name}: {len(order)} of {len(config.tasks)} tasks evaluated"
 
 
 def _report(config: DemoConfig, out: Path) -> str:
@@ -201,12 +224,83 @@ def _run(stage: str, args: list[str]) -> None:
     """Run ``python ARGS`` from the repo with live output; raise StageFailed on a non-zero exit."""
     command = [sys.executable, *args]
     print(f"[demo] $ {shlex.join(command)}", flush=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    env.setdefault("RAY_AUTH_MODE", "disabled")
-    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    result = subprocess.run(command, cwd=REPO, env=env)
+    result = subprocess.run(command, cwd=REPO, env=_env())
     if result.returncode != 0:
         raise StageFailed(f"`{shlex.join(command)}` exited with code {result.returncode}")
+
+
+def _run_parallel(stage: str, jobs: list[tuple[str, list[str]]], width: int, logs: Path) -> None:
+    """Run ``python ARGS`` jobs, ``width`` at a time, each logging to LOGS/NAME.log; print their
+    latest progress line every 20 s; raise StageFailed naming the first that fails."""
+    logs.mkdir(parents=True, exist_ok=True)
+    env = _env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    queue, running, last_print = list(jobs), {}, 0.0
+    while queue or running:
+        while queue and len(running) < max(1, width):
+            name, args = queue.pop(0)
+            log_path = logs / (name.replace("/", "__") + ".log")
+            command = [sys.executable, *args]
+            print(f"[demo] $ {shlex.join(command)}  > {log_path}", flush=True)
+            handle = log_path.open("w")
+            running[name] = (subprocess.Popen(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT),
+                             handle, log_path, command)
+        time.sleep(1.0)
+        for name, (process, handle, log_path, command) in list(running.items()):
+            if process.poll() is None:
+                continue
+            handle.close()
+            del running[name]
+            if process.returncode != 0:
+                for other, *_ in running.values():
+                    other.terminate()
+                tail = log_path.read_text()[-1500:]
+                raise StageFailed(f"`{shlex.join(command)}` exited with code {process.returncode}; "
+                                  f"end of {log_path}:\n{tail}")
+            print(f"[demo] {stage} {name}: done", flush=True)
+        if running and time.perf_counter() - last_print > 20:
+            last_print = time.perf_counter()
+            for name, (_, _, log_path, _) in running.items():
+                print(f"[demo] {stage} {name}: {_last_progress(log_path)}", flush=True)
+
+
+def _last_progress(log_path: Path) -> str:
+    """The newest tqdm line of a log (bars rewrite themselves with carriage returns)."""
+    text = log_path.read_text(errors="replace")[-4000:]
+    pieces = [p.strip() for p in re.split(r"[\r\n]", text) if p.strip()]
+    bars = [p for p in pieces if "%|" in p]
+    return (bars or pieces or ["starting"])[-1][:150]
+
+
+def _timing(previous: dict | None, seconds: float, note: str) -> dict:
+    """The stage's record in stages.json: a no-op rerun keeps the time of the run that did the work;
+    resumed training adds its time to the earlier invocations'."""
+    record = {"seconds": round(seconds, 1), "note": note, "finished": _now()}
+    if previous is None:
+        return record
+    steps = re.fullmatch(r"steps (\d+) -> (\d+) of \d+", note)
+    if note.startswith("kept") or (steps and steps.group(1) == steps.group(2)):
+        return {**previous, "rechecked": record["finished"]}
+    if steps and int(steps.group(1)) > 0:
+        return {**record, "seconds": round(previous["seconds"] + seconds, 1),
+                "note": f"{note} (this run); {previous['seconds']:.0f} s before"}
+    return record
+
+
+def _output(stage: str, args: list[str]) -> str:
+    """stdout of ``python ARGS`` (for plans and JSON tables); raise StageFailed on a non-zero exit."""
+    command = [sys.executable, *args]
+    result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise StageFailed(f"`{shlex.join(command)}` exited with code {result.returncode}: {result.stderr.strip()[-800:]}")
+    return result.stdout
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """The children's environment: this checkout importable, Ray quiet and local."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), **extra)
+    env.setdefault("RAY_AUTH_MODE", "disabled")
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    return env
 
 
 def _checkpoint_step(run: Path) -> int:

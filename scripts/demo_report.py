@@ -146,8 +146,8 @@ def _loss_curve(out: Path) -> dict[str, Any]:
     last = rows[-1]
     tail = [float(r["loss"]) for r in rows[-5:]]
     summary = {"steps": int(last["step"]), "final_loss_mean_last5": sum(tail) / len(tail),
-               "first_loss": float(rows[0]["loss"]), "elapsed_s": float(last["elapsed_s"]),
-               "tokens_per_s": float(last["tokens_per_s"])}
+               "first_loss": float(rows[0]["loss"]),
+               "last_tokens_per_s": float(last["tokens_per_s"])}
     return {"png": out / "loss.png", "summary": summary}
 
 

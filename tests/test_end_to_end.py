@@ -36,7 +36,7 @@ domains:
     num_envs: 8
 tasks:
   - id: {TASK}
-    rollout_episodes: 400
+    rollout_episodes: 1000
 """
 # The tiny Gato of the test: gato-tiny's blocks, short sequences so a step is cheap.
 TRAIN_FLAGS = ["--config", str(REPO / "trainer" / "configs" / "gato-tiny.yaml"), "--steps", "300",
