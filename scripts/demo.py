@@ -210,6 +210,8 @@ def _evaluate(config: DemoConfig, out: Path) -> str:
 
     print_table([{k: r[k] for k in ("task", "mean_return", "success_rate", "normalized_score", "expert_return",
                                     "random_return", "seconds")} for r in rows], title="evaluation")
+    if not order:
+        return f"kept: every task already evaluated with {checkpoint.name}"
     return f"{checkpoint.name}: {len(order)} of {len(config.tasks)} tasks evaluated"
 
 
