@@ -192,8 +192,8 @@ def _html(out: Path, s: dict[str, Any], has_loss: bool) -> str:
                           "result": "met" if t["met"] else "MISSED",
                           "invalid references": ", ".join(t["invalid_references"])} for t in s["targets"]]))
     parts.append("<p>Atari and Procgen are collected and curated but get weight 0 in training and are not "
-                 "evaluated: their smoke-budget experts are no better than random, and their image tokens would "
-                 "spend the CPU budget.</p>")
+                 "evaluated: issue 8 scores neither, Pong's smoke-budget expert is no better than random, and "
+                 "their image steps (patch embeddings) would spend the CPU budget the scored tasks need.</p>")
     return "\n".join(parts) + "\n"
 
 
