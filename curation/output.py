@@ -24,7 +24,8 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from curation.select import CurationError, Selection
-from shards import INDEX_FILE, MANIFEST_FILE, Dataset, Manifest, Root, StepFileWriter, index_table, write_index, write_manifest
+from shards import INDEX_FILE, MANIFEST_FILE, Dataset, Manifest, Root, index_table, write_index, write_manifest
+from shards.writer import write_step_files
 
 logger = logging.getLogger(__name__)
 
@@ -146,19 +147,8 @@ def _materialize(src: Root, manifest: Manifest, kept_index: pa.Table, stage: Roo
     dataset = Dataset(src)
     dataset.__dict__["manifest"] = manifest
     position = {eid: i for i, eid in enumerate(kept_index["episode_id"].to_pylist())}
-    writers: dict[str, StepFileWriter] = {}
-    try:
-        episodes = dataset.iter_episodes(episode_ids=list(position))
-        for episode in tqdm(episodes, total=len(position), desc="materialize", unit="ep", leave=False):
-            writer = writers.get(episode.task)
-            if writer is None:
-                writer = StepFileWriter(stage, episode.task, "part-00000", manifest.tasks[episode.task].modalities)
-                writers[episode.task] = writer
-            writer.add(episode)
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        raise
-    rows = [row for writer in writers.values() for row in writer.close()]
+    episodes = dataset.iter_episodes(episode_ids=list(position))
+    progress = tqdm(episodes, total=len(position), desc="materialize", unit="ep", leave=False)
+    rows = write_step_files(stage, progress, manifest)
     rows.sort(key=lambda row: position[row["episode_id"]])
     write_index(stage, index_table(rows))

@@ -166,3 +166,17 @@ def _single_action_space(entry: TaskEntry, env: gym.vector.VectorEnv | None) -> 
 
 def _is_sample_factory_dir(path: Path) -> bool:
     return (path / "config.json").exists() and any(path.glob("checkpoint_p*/*.pth"))
+
+
+def policy_spaces(entry: TaskEntry, env: gym.vector.VectorEnv | None = None) -> tuple[gym.Space, gym.Space]:
+    """The observation and action spaces a learned policy sees for ``entry`` (BabyAI: the 148
+    discrete ints, not the mission text), read from ``env`` or from a throwaway single env."""
+    if env is not None:
+        obs_space, act_space = env.single_observation_space, env.single_action_space
+    else:
+        single = entry.make_single_env(0)
+        obs_space, act_space = single.observation_space, single.action_space
+        single.close()
+    if isinstance(obs_space, gym.spaces.Dict) and "discrete" in obs_space.spaces:
+        obs_space = obs_space["discrete"]
+    return obs_space, act_space

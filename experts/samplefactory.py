@@ -23,7 +23,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from experts.base import ExpertError
+from experts.base import ExpertError, policy_spaces
 from experts.recorder import EpisodeRecorder
 from experts.registry import TaskEntry, get_task
 from experts.zoo import Recipe
@@ -227,14 +227,7 @@ class _ChannelsFirst(gym.ObservationWrapper):
 
 
 def _network_spaces(entry: TaskEntry, env: gym.vector.VectorEnv | None) -> tuple[gym.spaces.Box, gym.Space]:
-    if env is not None:
-        obs_space, act_space = env.single_observation_space, env.single_action_space
-    else:
-        single = entry.make_single_env(0)
-        obs_space, act_space = single.observation_space, single.action_space
-        single.close()
-    if isinstance(obs_space, gym.spaces.Dict) and "discrete" in obs_space.spaces:
-        obs_space = obs_space["discrete"]  # BabyAI: the network sees the 148 ints
+    obs_space, act_space = policy_spaces(entry, env)  # BabyAI: the network sees the 148 ints
     if isinstance(obs_space, gym.spaces.Dict):
         raise ExpertError(f"{entry.task_id}: sample-factory experts need a Box observation, got {obs_space}")
     if len(obs_space.shape) == 3 and obs_space.shape[-1] == 3:

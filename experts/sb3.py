@@ -26,7 +26,7 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, VecTransposeImage, is_vecenv_wrapped
 
-from experts.base import ExpertError, check_spaces
+from experts.base import ExpertError, check_spaces, policy_spaces
 from experts.recorder import EpisodeRecorder
 from experts.registry import TaskEntry
 from experts.zoo import Recipe
@@ -54,7 +54,7 @@ class SB3Expert:
     def load(cls, entry: TaskEntry, path: Path, env: gym.vector.VectorEnv | None = None) -> SB3Expert:
         algo = _algorithm_of(path)
         model = algorithm_class(algo).load(str(path), device="cpu")
-        obs_space, act_space = _task_spaces(entry, env)
+        obs_space, act_space = policy_spaces(entry, env)
         check_spaces(str(path), obs_space, model.observation_space, "observation")
         check_spaces(str(path), act_space, model.action_space, "action")
         return cls(model, algo)
@@ -249,13 +249,3 @@ def _algorithm_of(path: Path) -> str:
                       f"({provenance.name} with 'algorithm') beside it")
 
 
-def _task_spaces(entry: TaskEntry, env: gym.vector.VectorEnv | None) -> tuple[gym.Space, gym.Space]:
-    if env is not None:
-        obs_space, act_space = env.single_observation_space, env.single_action_space
-    else:
-        single = entry.make_single_env(0)
-        obs_space, act_space = single.observation_space, single.action_space
-        single.close()
-    if isinstance(obs_space, gym.spaces.Dict) and "discrete" in obs_space.spaces:
-        obs_space = obs_space["discrete"]
-    return obs_space, act_space

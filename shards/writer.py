@@ -136,6 +136,16 @@ def write_dataset(root: str | Root, episodes: Iterable[Episode], manifest: Manif
     For small datasets and tests; collectors write step files and index fragments per work
     unit instead.
     """
+    table = index_table(write_step_files(root, episodes, manifest, file_name))
+    write_index(root, table)
+    write_manifest(root, manifest)
+    return table
+
+
+def write_step_files(root: str | Root, episodes: Iterable[Episode], manifest: Manifest,
+                     file_name: str = "part-00000") -> list[dict[str, Any]]:
+    """Write episodes into one step file per task (all appear, or none on error); returns
+    their index rows, task by task in order of first appearance."""
     root = Root.of(root)
     writers: dict[str, StepFileWriter] = {}
     try:
@@ -151,11 +161,7 @@ def write_dataset(root: str | Root, episodes: Iterable[Episode], manifest: Manif
         for writer in writers.values():
             writer.abort()
         raise
-    rows = [row for writer in writers.values() for row in writer.close()]
-    table = index_table(rows)
-    write_index(root, table)
-    write_manifest(root, manifest)
-    return table
+    return [row for writer in writers.values() for row in writer.close()]
 
 
 def episode_to_batch(episode: Episode, schema: pa.Schema) -> pa.RecordBatch:
