@@ -31,3 +31,13 @@ def synth_root(tmp_path):
     root = tmp_path / "synth"
     synth_dataset(root, SynthConfig(tasks=4, episodes=24, seed=0))
     return root
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread per process: the machine is shared, and two-thread barriers stall under load."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

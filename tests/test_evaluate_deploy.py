@@ -20,12 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 CARTPOLE = "gym/cartpole"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class CartPoleEnv:

@@ -80,22 +80,22 @@ class DataConfig:
     """dataset roots (local paths or URIs)"""
     text_model: str | None = None
     """SentencePiece model: a path or a hub id owner/repo[:file] (needed when a task has obs_text)"""
-    sequence_length: int = 1024
+    sequence_length: int = SamplerSettings.sequence_length
     """tokens per sequence (L)"""
     mixture: str | None = None
     """YAML file of domain/task weights (default: uniform over domains, then tasks)"""
     weight: tuple[str, ...] = ()
     """extra NAME=WEIGHT pairs (a domain or a task id), applied over the mixture file"""
-    prompt_probability: float = 0.25
+    prompt_probability: float = SamplerSettings.prompt_probability
     """share of sequences that start with a prompt from another episode of the same task and source"""
-    prompt_end_probability: float = 0.5
+    prompt_end_probability: float = SamplerSettings.prompt_end_probability
     """share of prompts taken from the end of their episode (the rest: a uniform position)"""
-    prompt_fraction: float = 0.25
+    prompt_fraction: float = SamplerSettings.prompt_fraction
     """at most this share of L is prompt (at least one timestep)"""
-    shuffle_buffer: int = 64
+    shuffle_buffer: int = SamplerSettings.shuffle_buffer
     """sequences held to shuffle (per worker)"""
-    seed: int = 0
-    passes: int | None = None
+    seed: int = SamplerSettings.seed
+    passes: int | None = SamplerSettings.passes
     """epochs over each task before its stream ends; None streams forever"""
     max_patches: int | None = None
     """P_max, patches per sequence; None derives a bound from the datasets"""
