@@ -190,3 +190,61 @@ def test_image_prompt_and_acting_on_pixels(synth_root):
     frames = dataset.episode(episode_id).steps["obs_image"]
     actions = [int(agent.act({"obs_image": frame})["act_discrete"][0]) for frame in frames[:20]]
     assert all(0 <= a < spec.action["act_discrete"].n for a in actions) and len(agent.cache) == 64
+
+
+def test_median_decoding_picks_the_median_bin_and_ignores_thin_far_mass():
+    from trainer.deploy import _median
+
+    logits = torch.full((1, 1024), -1e9)
+    logits[0, [500, 510, 520]] = torch.log(torch.tensor([0.3, 0.25, 0.45]))
+    assert _median(logits) == 510  # cumulative 0.3, 0.55, 1.0: the half is reached at 510
+    logits[0, 1023] = np.log(0.02)  # a thin tail on the far bin (decodes to +256) moves the mean, not the median
+    assert _median(logits) == 510
+    assert _median(torch.zeros(1, 8)) == 3  # uniform over 8: cumulative 0.5 at index 3
+
+
+def pendulum_dataset(root: Path, episodes: int = 4) -> TaskSpec:
+    """Real Pendulum-v1 episodes with a proportional controller's continuous torques."""
+    env = gym.make("Pendulum-v1", max_episode_steps=40)
+    rows = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=i)
+        observations, actions, rewards = [], [], []
+        for _ in range(40):
+            action = np.clip([-2.0 * obs[1] - 0.5 * obs[2]], -2, 2).astype(np.float32)
+            observations.append(obs.astype(np.float32))
+            actions.append(action)
+            obs, reward, *_ = env.step(action)
+            rewards.append(reward)
+        rows.append(Episode(task="gym/pendulum", steps={"obs_continuous": np.stack(observations),
+                                                        "act_continuous": np.stack(actions)},
+                            rewards=np.asarray(rewards, np.float32), terminated=np.zeros(40, bool),
+                            truncated=np.eye(40, dtype=bool)[-1], run_id="rule", run_index=i, source="scripted",
+                            policy_steps=-1, seed=i))
+    spec = TaskSpec(domain="gym", env_id="Pendulum-v1", observation={"obs_continuous": ModalitySpec([3], "float32")},
+                    action={"act_continuous": ModalitySpec([1], "float32", low=-2, high=2)})
+    write_dataset(root, rows, Manifest(name="pendulum", tasks={"gym/pendulum": spec}))
+    return spec
+
+
+def test_median_decoding_is_deterministic_and_sampling_is_not(tmp_path):
+    spec = pendulum_dataset(tmp_path / "data")
+    train(parse_config(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--config",
+                        str(REPO / "trainer/configs/gato-tiny.yaml"), "--loader.sequence-length", "64",
+                        "--batch-size", "2", "--steps", "2", "--warmup-steps", "1", "--no-progress", "--threads", "1",
+                        "--num-workers", "0"]))
+    model, _ = load_agent_model(tmp_path / "run")
+    obs = {"obs_continuous": np.asarray([0.6, 0.8, 0.3], np.float32)}
+
+    def tokens(decoding: str, seed: int) -> int:
+        agent = GatoAgent(model, spec, None, context=64, seed=seed, continuous_decoding=decoding)
+        agent.reset()
+        agent.act(obs)
+        return int(agent.last_action_tokens[0])
+
+    medians = {tokens("median", seed) for seed in range(6)}
+    samples = {tokens("sample", seed) for seed in range(6)}
+    assert len(medians) == 1 and 32000 <= medians.pop() < 33024
+    assert len(samples) > 1  # a barely trained model's distribution is wide
+    with pytest.raises(ValueError, match="continuous_decoding='mode'"):
+        GatoAgent(model, spec, None, context=64, continuous_decoding="mode")

@@ -10,6 +10,12 @@ Each ``act``: tokenize the observation (tokens end with the separator), run only
 tokens through the model against a KV cache, then sample the action tokens one at a time,
 each among the ids valid for its position of the action spec, feeding each back in; decode
 them by inverting the tokenizer. The cache keeps the last ``context`` tokens (Gato: 1024).
+
+Continuous action tokens are sampled like the others (Gato) or, with
+``continuous_decoding="median"``, set to the distribution's median bin: a 1024-way
+distribution learned from a few hundred demonstrations is wide, and a sample from it jitters
+the arm where its median does not (the median, unlike the mean, ignores the thin mass on the
+far bins, which decode to values up to +-256, and commutes with the mu-law).
 """
 
 from __future__ import annotations
@@ -28,12 +34,16 @@ from trainer.model import Gato, GatoConfig, KVCache
 from trainer.patches import patch_intervals, scale_patches
 from trainer.text_tokenizer import TextTokenizer
 from trainer.tokenizer import (
+    CONTINUOUS_BINS,
+    CONTINUOUS_OFFSET,
     MAX_CHANNELS,
     action_token_ranges,
     decode_action,
     tokenize_observation,
     tokenize_steps,
 )
+
+CONTINUOUS_DECODINGS = ("sample", "median")
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +78,10 @@ class GatoAgent:
     """One episode-at-a-time Gato policy with a rolling KV cache."""
 
     def __init__(self, model: Gato, spec: TaskSpec, text_model: TextTokenizer | None, context: int = 1024,
-                 temperature: float = 1.0, seed: int = 0, max_text_tokens: int = 128) -> None:
+                 temperature: float = 1.0, seed: int = 0, max_text_tokens: int = 128,
+                 continuous_decoding: str = "sample") -> None:
+        if continuous_decoding not in CONTINUOUS_DECODINGS:
+            raise ValueError(f"continuous_decoding={continuous_decoding!r}: expected one of {CONTINUOUS_DECODINGS}")
         if context > model.config.block_size:
             raise ValueError(f"context={context} exceeds the model's block_size={model.config.block_size}")
         if temperature < 0:
@@ -78,6 +91,7 @@ class GatoAgent:
         self.text_model = text_model
         self.context = context
         self.temperature = temperature
+        self.continuous_decoding = continuous_decoding
         self.max_text_tokens = max_text_tokens
         self.ranges = action_token_ranges(spec)  # (A, 2) valid [low, high) per action token
         self.device = next(model.parameters()).device
@@ -105,7 +119,10 @@ class GatoAgent:
         for low, high in self.ranges:
             allowed = torch.arange(int(low), int(high), device=self.device)
             logits = self._feed(chunk, allowed)  # (1, high - low)
-            sampled.append(int(low) + self._sample(logits))
+            if self.continuous_decoding == "median" and (low, high) == (CONTINUOUS_OFFSET, CONTINUOUS_OFFSET + CONTINUOUS_BINS):
+                sampled.append(int(low) + _median(logits))
+            else:
+                sampled.append(int(low) + self._sample(logits))
             chunk = _action_token(sampled[-1])
         self.pending = chunk  # the last action token goes in with the next observation
         self.last_action_tokens = np.asarray(sampled, dtype=np.int64)
@@ -194,6 +211,12 @@ def run_info(state: dict[str, Any]) -> dict[str, Any]:
             "text_model": state.get("text_model"), "max_text_tokens": state.get("max_text_tokens", 128),
             "context": int(loader.get("sequence_length", state["model_config"]["block_size"])),
             "prompt_fraction": float(loader.get("prompt_fraction", 0.25))}
+
+
+def _median(logits: torch.Tensor) -> int:
+    """Index of the bin where the cumulative probability of (1, n) logits reaches one half."""
+    cumulative = torch.cumsum(torch.softmax(logits[0].double(), dim=-1), dim=0)
+    return int(torch.searchsorted(cumulative, torch.tensor([0.5], dtype=cumulative.dtype))[0].clamp(max=len(cumulative) - 1))
 
 
 def _tail(chunk: TokenChunk, n: int) -> TokenChunk:

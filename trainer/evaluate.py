@@ -66,6 +66,9 @@ class EvalConfig:
     """episode i of a task resets with seed + i"""
     temperature: float = 1.0
     """sampling temperature of action tokens (0 = greedy)"""
+    continuous_decoding: str = "sample"
+    """continuous action tokens: 'sample' them at --temperature (Gato) or take the 'median' bin of
+    the model's distribution (steadier control from a small model)"""
     context: int | None = None
     """tokens kept in context (None: the sequence length the model was trained on; Gato: 1024)"""
     prompt_tokens: int | None = None
@@ -91,6 +94,10 @@ class EvalConfig:
             problems.append(f"--episodes={self.episodes}: expected >= 1")
         if self.temperature < 0:
             problems.append(f"--temperature={self.temperature}: expected >= 0")
+        from trainer.deploy import CONTINUOUS_DECODINGS
+
+        if self.continuous_decoding not in CONTINUOUS_DECODINGS:
+            problems.append(f"--continuous-decoding={self.continuous_decoding!r}: expected one of {CONTINUOUS_DECODINGS}")
         if self.prompt_from not in ("start", "end"):
             problems.append(f"--prompt-from={self.prompt_from!r}: expected 'start' or 'end'")
         if self.env_factory != "experts" and ":" not in self.env_factory:
@@ -148,7 +155,7 @@ def evaluate_task(config: EvalConfig, task: str, env_factory: EnvFactory | None 
     prompt, demo_id = demonstration_prompt(dataset, task, spec, text_model, prompt_tokens, config.prompt_from,
                                            info["max_text_tokens"])
     agent = GatoAgent(model, spec, text_model, context=context, temperature=config.temperature, seed=config.seed,
-                      max_text_tokens=info["max_text_tokens"])
+                      max_text_tokens=info["max_text_tokens"], continuous_decoding=config.continuous_decoding)
     factory = env_factory or load_env_factory(config.env_factory)
     env = factory(task, config.seed, spec)
     returns, successes, lengths = [], [], []
