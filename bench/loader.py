@@ -88,21 +88,19 @@ def main(config: BenchConfig) -> dict:
         raw = median_run(lambda: raw_decode(root), config.repeats)
         result["raw_pyarrow"] = raw
         loader = {}
-        for dtype in ("float32", "uint8"):
-            for workers in (0, 1, 2):
-                key = f"workers_{workers}" + ("" if dtype == "float32" else "_uint8_patches")
-                # raw is measured again next to each setting: other jobs' load swings within a run
-                adjacent = median_run(lambda: raw_decode(root), config.repeats)
-                loader[key] = median_run(lambda: loader_pass(root, model, config, workers, patch_dtype=dtype), config.repeats)
-                loader[key]["raw_steps_per_second"] = adjacent["steps_per_second"]
-                loader[key]["raw_cpu_seconds"] = adjacent["cpu_seconds"]
+        for workers in (0, 1, 2):
+            key = f"workers_{workers}"
+            # raw is measured again next to each setting: other jobs' load swings within a run
+            adjacent = median_run(lambda: raw_decode(root), config.repeats)
+            loader[key] = median_run(lambda: loader_pass(root, model, config, workers), config.repeats)
+            loader[key]["raw_steps_per_second"] = adjacent["steps_per_second"]
+            loader[key]["raw_cpu_seconds"] = adjacent["cpu_seconds"]
         result["loader"] = loader
         result["fraction_of_raw"] = {k: round(v["steps_per_second"] / v["raw_steps_per_second"], 3) for k, v in loader.items()}
         # context on a shared machine: CPU seconds (main process + workers) per step, raw over
         # loader; wall-clock ratios swing with other jobs' load, CPU time much less
         result["cpu_fraction_of_raw"] = {k: round(v["raw_cpu_seconds"] / max(v["cpu_seconds"], 1e-9), 3)
                                          for k, v in loader.items()}
-        result["float32_patch_floor"] = float32_patch_floor(root, raw)
         per_domain = {}
         for domain in ("babyai", "metaworld", "atari"):
             domain_raw = median_run(lambda: raw_decode(root, domain), config.repeats)
@@ -111,10 +109,6 @@ def main(config: BenchConfig) -> dict:
                                   "loader_steps_per_second": domain_loader["steps_per_second"],
                                   "loader_tokens_per_second": domain_loader["tokens_per_second"],
                                   "fraction_of_raw": round(domain_loader["steps_per_second"] / domain_raw["steps_per_second"], 3)}
-            if domain == "atari":
-                raw_pixels = median_run(lambda: loader_pass(root, model, config, 1, only=domain, patch_dtype="uint8"), config.repeats)
-                per_domain[domain]["uint8_patches_steps_per_second"] = raw_pixels["steps_per_second"]
-                per_domain[domain]["uint8_patches_fraction_of_raw"] = round(raw_pixels["steps_per_second"] / domain_raw["steps_per_second"], 3)
         result["per_domain_1_worker"] = per_domain
         result["padding_fraction"] = {"one_pass": loader["workers_1"]["padding_fraction"],
                                       "endless_stream": endless_padding(root, model, config)}
@@ -153,12 +147,11 @@ def raw_decode(root: Path, domain: str | None = None) -> dict:
             "decoded_mb_per_second": round(decoded / seconds / 1e6, 1), "cpu_seconds": round(cpu, 3)}
 
 
-def loader_pass(root: Path, model: Path, config: BenchConfig, workers: int, only: str | None = None,
-                patch_dtype: str = "float32") -> dict:
+def loader_pass(root: Path, model: Path, config: BenchConfig, workers: int, only: str | None = None) -> dict:
     """One pass over the dataset through the DataLoader; every step is served once."""
     weights = () if only is None else tuple(f"{d}={1 if d == only else 0}" for d in ("babyai", "metaworld", "atari"))
     data = DataConfig(roots=[str(root)], text_model=str(model), sequence_length=config.sequence_length, passes=1,
-                      seed=config.seed, weight=weights, patch_dtype=patch_dtype)
+                      seed=config.seed, weight=weights)
     loader = make_loader(data, batch_size=config.batch_size, num_workers=workers)
     index = Dataset(str(root)).index.to_pydict()
     steps = sum(n for n, task in zip(index["length"], index["task"]) if only is None or task.startswith(only + "/"))
@@ -171,22 +164,6 @@ def loader_pass(root: Path, model: Path, config: BenchConfig, workers: int, only
     return {"seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3), "steps": steps, "sequences": sequences,
             "steps_per_second": round(steps / seconds, 1), "tokens_per_second": round(loader.real_tokens / seconds, 1),
             "padding_fraction": round(loader.padding_fraction, 5)}
-
-
-def float32_patch_floor(root: Path, raw: dict) -> dict:
-    """Context: the time just to write the contract's float32 patches for every image step of
-    the pass (one scaling write per value, a new array per 200 steps), nothing else."""
-    from trainer.patches import scale_patches
-
-    index = Dataset(str(root)).index.to_pydict()
-    image_steps = sum(n for n, task in zip(index["length"], index["task"]) if task.startswith("atari/"))
-    chunk = np.full((200, 36, 4, 16, 16), 87, np.uint8)  # 200 steps of 96x96x4 padded pixels
-    start = time.perf_counter()
-    for _ in range(-(-image_steps // len(chunk))):
-        scale_patches(chunk, out=np.empty(chunk.shape, np.float32))
-    seconds = time.perf_counter() - start
-    return {"image_steps": image_steps, "float32_bytes": image_steps * chunk[0].size * 4, "seconds": round(seconds, 3),
-            "max_fraction_of_raw_with_float32_patches": round((raw["steps"] / raw["steps_per_second"]) / seconds, 3)}
 
 
 def endless_padding(root: Path, model: Path, config: BenchConfig, sequences: int = 400) -> float:

@@ -48,24 +48,54 @@ def take(iterable, count):
 def test_batches_follow_the_contract(synth):
     loader = make_loader(config(synth, observation_targets=True), batch_size=4)
     batch = next(iter(loader))
-    dataset = loader.dataset
     for key, (dtype, _) in CONTRACT.items():
         assert batch[key].dtype == dtype and batch[key].shape == (4, 256), key
-    p_max = max(1, int(batch["num_patches"].max()))  # make_loader pads patches to the batch's most
-    assert batch["patches"].shape == (4, p_max, 4, 16, 16) and batch["patches"].dtype == torch.float32
-    assert batch["patch_rows"].shape == batch["patch_cols"].shape == (4, p_max, 2)
-    assert batch["num_patches"].shape == (4,)
+    n = int(batch["num_patches"].sum())  # patches are packed: N over the batch, in is_image order
+    assert n > 0 and n == int(batch["is_image"].sum())
     assert torch.equal(batch["is_image"].sum(1), batch["num_patches"])
-    assert batch["patches"].abs().max() <= 0.25 + 1e-6
+    assert batch["patches"].shape == (n, 16, 16, 4) and batch["patches"].dtype == torch.uint8
+    assert batch["patch_rows"].shape == batch["patch_cols"].shape == (n, 2)
+    assert batch["patch_channels"].shape == (n,) and 1 <= int(batch["patch_channels"].min())
+    channels = batch["patch_channels"].long()
+    assert not (batch["patches"] * (torch.arange(4) >= channels[:, None])[:, None, None, :]).any()  # padded channels are 0
     assert batch["obs_target_mask"].shape == (4, 256)
     # obs targets: observation tokens that are not loss targets
     assert not (batch["obs_target_mask"] & batch["loss_mask"]).any()
     assert (batch["local_positions"][batch["obs_target_mask"]] >= 0).all()
-    # per-sequence iteration pads to a fixed P_max, so torch's default collate stacks them
-    fixed = next(iter(DataLoader(GatoDataset(config(synth)), batch_size=4)))
-    assert fixed["patches"].shape == (4, dataset.max_patches, 4, 16, 16)
-    fixed_batches = make_loader(config(synth, max_patches=700), batch_size=2)
-    assert next(iter(fixed_batches))["patches"].shape == (2, 700, 4, 16, 16)
+    # per-sequence iteration + collate_sequences gives exactly the batches
+    from trainer.data import collate_sequences
+
+    single = GatoDataset(config(synth, observation_targets=True))
+    again = collate_sequences(take(single, 4))
+    assert again.keys() == batch.keys()
+    for key in batch:
+        assert torch.equal(again[key], batch[key]), key
+    via_loader = next(iter(DataLoader(single, batch_size=4, collate_fn=collate_sequences)))
+    assert torch.equal(via_loader["patches"], batch["patches"])
+
+
+def test_workers_ship_the_same_batches_through_the_ring_and_without_it(synth, monkeypatch):
+    """A worker writes batches into shared-memory slots; what arrives equals in-process batches,
+    and so do batches too big for a slot (sent as a shared tensor instead)."""
+    from trainer.data import SequenceLoader
+
+    def batches(workers):
+        return take(make_loader(config(synth, provenance=True, observation_targets=True), batch_size=3,
+                                num_workers=workers), 12)
+
+    local = batches(0)
+    kept = []  # holding batches must not let a worker overwrite them
+    for expected, got in zip(local, batches(1)):
+        kept.append(got)
+    monkeypatch.setattr(SequenceLoader, "RING_SLOT_LIMIT", 4096)  # every batch is bigger: the fallback
+    fallback = batches(1)
+    assert len(kept) == len(fallback) == 12
+    for expected, got, other in zip(local, kept, fallback):
+        assert expected.keys() == got.keys() == other.keys()
+        for key in expected:
+            assert torch.equal(expected[key], got[key]), key
+            assert torch.equal(expected[key], other[key]), key
+    assert sum(int(b["num_patches"].sum()) for b in kept) > 0
 
 
 def test_masks_only_on_actions_and_text(synth):
@@ -237,11 +267,16 @@ def test_row_group_units_images_and_uri_roots(tmp_path):
     step = first_offset // 38
     run_index = _run_index(dataset, episode)
     frames = atari_like_episode(task, run_index, 40 + run_index).steps["obs_image"]
-    from trainer.patches import image_to_patches
+    from trainer.patches import image_to_patches, normalize_patches
 
     expected, rows, cols = image_to_patches(frames[step])
-    torch.testing.assert_close(sample["patches"][:36], torch.from_numpy(expected))
-    torch.testing.assert_close(sample["patch_rows"][:36], torch.from_numpy(rows))
+    assert torch.equal(sample["patch_channels"][:36], torch.full((36,), 4, dtype=torch.uint8))
+    torch.testing.assert_close(normalize_patches(sample["patches"][:36]), torch.from_numpy(expected))
+    assert torch.equal(sample["patch_rows"][:36], torch.from_numpy(rows))
+    assert torch.equal(sample["patch_cols"][:36], torch.from_numpy(cols))
+    # the sequence's last timestep may be cut inside its image: the patches stop with the tokens
+    last = samples[-1]
+    assert len(last["patches"]) == int(last["num_patches"]) == int(last["is_image"].sum())
     assert sample["local_positions"][:38].tolist() == list(range(36)) + [-1, -1]
 
 
@@ -267,16 +302,17 @@ def test_bad_inputs_give_clear_errors(synth, tmp_path):
         ShardSampler(dataset.catalog, dataset.weights, dataset.settings, shard=299, num_shards=300)
 
 
-def test_uint8_patches_normalize_to_the_float_patches(synth):
-    from trainer.patches import normalize_patches
+def test_model_input_of_loader_patches_is_the_scaled_pixels(synth):
+    from trainer.model import real_patches
 
-    floats = next(iter(make_loader(config(synth, seed=5), batch_size=6)))
-    raw = next(iter(make_loader(config(synth, seed=5, patch_dtype="uint8"), batch_size=6)))
-    assert raw["patches"].dtype == torch.uint8 and raw["patches"].shape == floats["patches"].shape
-    assert int(raw["num_patches"].sum()) > 0
-    restored = normalize_patches(raw["patches"], raw["patch_channels"], raw["num_patches"])
-    torch.testing.assert_close(restored, floats["patches"])
-    assert torch.equal(raw["tokens"], floats["tokens"])
+    batch = next(iter(make_loader(config(synth, seed=5), batch_size=6)))
+    patches, rows, cols = real_patches(batch)
+    n = int(batch["num_patches"].sum())
+    assert n > 0 and patches.shape == (n, 4, 16, 16) and patches.dtype == torch.float32
+    pixels = batch["patches"].permute(0, 3, 1, 2).double()
+    expected = (pixels / 255 * 2 - 1) / 4 * (torch.arange(4) < batch["patch_channels"].long()[:, None])[:, :, None, None]
+    torch.testing.assert_close(patches.double(), expected, atol=1e-6, rtol=0)
+    assert torch.equal(rows, batch["patch_rows"]) and torch.equal(cols, batch["patch_cols"])
 
 
 def test_inspect_cli_prints_json(synth, capsys):

@@ -8,12 +8,19 @@ A unit is the episodes whose first row lies in one row group of a step file, so 
 unit reads one row group (plus the next when its last episode runs over): memory holds a
 few row groups whatever the dataset's size. When a task has too few row groups to give every
 loader shard work, each episode is its own unit.
+
+``start_read_ahead()`` adds one background thread that loads units the sampler says it will
+need next (``read_ahead(task, episodes)``), so Parquet decoding (which releases the GIL)
+overlaps the planning and assembly of the sequences before them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +37,7 @@ log = logging.getLogger(__name__)
 
 OPEN_FILES = 16
 CACHED_ROW_GROUPS = 8
+_NONE = np.zeros(0, np.int64)
 
 
 @dataclass
@@ -42,10 +50,17 @@ class UnitTokens:
     token_starts: np.ndarray   # (E + 1,) where each episode starts in the unit's tokens
     step_offsets: np.ndarray   # (S + 1,) where each timestep starts
     steps: StepTokens | None
+    sources: np.ndarray | None = None  # (E,) source code of each episode
 
-    @property
-    def num_tokens(self) -> int:
-        return int(self.step_offsets[-1])
+    def __post_init__(self) -> None:
+        self.num_tokens = int(self.step_offsets[-1])
+        self._by_source: dict[int, np.ndarray] | None = None
+
+    def episodes_of_source(self, source: int) -> np.ndarray:
+        """Indices (into ``episodes``) of the episodes with this source code, ascending."""
+        if self._by_source is None:
+            self._by_source = {int(code): np.flatnonzero(self.sources == code) for code in np.unique(self.sources)}
+        return self._by_source.get(int(source), _NONE)
 
     def episode_at(self, position: int) -> int:
         """Index (into ``episodes``) of the episode holding token ``position``."""
@@ -112,12 +127,38 @@ class Catalog:
         self._footers: dict[int, np.ndarray] = {}
         self._open: OrderedDict[int, pq.ParquetFile] = OrderedDict()
         self._groups: OrderedDict[tuple, pa.Table] = OrderedDict()
+        self._lock = threading.RLock()
+        self._reader: ThreadPoolExecutor | None = None
+        self._reader_pid = 0
+        self._ahead: dict[tuple[str, int], Future] = {}
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_open"] = OrderedDict()
-        state["_groups"] = OrderedDict()
+        state.update(_open=OrderedDict(), _groups=OrderedDict(), _lock=None, _reader=None, _ahead={})
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    def start_read_ahead(self) -> None:
+        """Load hinted units in one background thread (see ``read_ahead``) until ``stop_read_ahead``."""
+        self.stop_read_ahead()
+        self._lock = threading.RLock()  # fresh: a forked worker may have inherited a held one
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gato-read-ahead")
+        self._reader_pid = os.getpid()
+
+    def stop_read_ahead(self) -> None:
+        if self._reader is not None and self._reader_pid == os.getpid():  # a forked copy has no thread to stop
+            self._reader.shutdown(wait=True, cancel_futures=True)
+        self._reader = None
+        self._ahead = {}
+
+    def read_ahead(self, task: str, episodes: np.ndarray) -> None:
+        """A hint: ``load_unit(task, episodes)`` will be asked for soon."""
+        key = (task, int(episodes[0]))
+        if self._reader is not None and key not in self._ahead:
+            self._ahead[key] = self._reader.submit(self._load_full, task, episodes)
 
     @property
     def num_episodes(self) -> int:
@@ -151,6 +192,17 @@ class Catalog:
 
     def load_unit(self, task: str, episodes: np.ndarray, full: bool = True) -> UnitTokens:
         """Tokenize a unit's episodes (``full``), or only work out where its timesteps start."""
+        if full:
+            ahead = self._ahead.pop((task, int(episodes[0])), None)
+            if ahead is not None:
+                return ahead.result()
+            return self._load_full(task, episodes)
+        return self._load(task, episodes, full=False)
+
+    def _load_full(self, task: str, episodes: np.ndarray) -> UnitTokens:
+        return self._load(task, episodes, full=True)
+
+    def _load(self, task: str, episodes: np.ndarray, full: bool) -> UnitTokens:
         layout = self.layouts[task]
         spec = self.specs[task]
         lengths = self.episode_length[episodes]
@@ -174,7 +226,8 @@ class Catalog:
                 step_lengths += text_token_lengths(texts, self.text_model, layout, self.max_text_tokens)
             offsets = np.zeros(len(step_lengths) + 1, np.int64)
             np.cumsum(step_lengths, out=offsets[1:])
-        return UnitTokens(task=task, episodes=episodes, token_starts=offsets[step_starts], step_offsets=offsets, steps=steps)
+        return UnitTokens(task=task, episodes=episodes, token_starts=offsets[step_starts], step_offsets=offsets, steps=steps,
+                          sources=self.episode_source[episodes])
 
     def describe_episode(self, number: int) -> str:
         root, file = self.files[int(self.episode_file[number])]
@@ -183,6 +236,10 @@ class Catalog:
     # ------------------------------------------------------------------ reading
 
     def _parquet(self, file: int) -> pq.ParquetFile:
+        with self._lock:
+            return self._parquet_locked(file)
+
+    def _parquet_locked(self, file: int) -> pq.ParquetFile:
         handle = self._open.get(file)
         if handle is None:
             root, name = self.files[file]
@@ -205,13 +262,17 @@ class Catalog:
 
     def _row_group(self, file: int, group: int, columns: list[str]) -> pa.Table:
         """One decoded row group; the last few are kept, since small units share them."""
+        with self._lock:
+            return self._row_group_locked(file, group, columns)
+
+    def _row_group_locked(self, file: int, group: int, columns: list[str]) -> pa.Table:
         key = (file, group, tuple(columns))
         table = self._groups.get(key)
         if table is not None:
             self._groups.move_to_end(key)
             return table
         try:
-            table = self._parquet(file).read_row_group(group, columns=columns, use_threads=False)
+            table = self._parquet_locked(file).read_row_group(group, columns=columns, use_threads=False)
         except (pa.ArrowInvalid, OSError, KeyError) as error:
             root, name = self.files[file]
             raise ShardError(f"{self.roots[root]}/{name}: row group {group} unreadable ({error})") from None

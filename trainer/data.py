@@ -10,46 +10,52 @@
         ...
     state = loader.state_dict()         # later: loader.load_state_dict(state) resumes exactly
 
-What each sequence holds (the contract with trainer/model.py; the default collate stacks to B):
+What a batch holds (the contract with trainer/model.py), B sequences of L tokens, N patches:
 
-    tokens           int64 (L,)   ids of trainer.tokenizer.LAYOUT; IMAGE_PLACEHOLDER at patches, PAD at the end
-    loss_mask        bool  (L,)   True on action and text tokens (predict token l from tokens < l)
-    attention_mask   bool  (L,)   True on real tokens; padding only at the end
-    local_positions  int64 (L,)   position inside the timestep's observation; -1 on separator/action/pad
-    is_image         bool  (L,)   True where the token is an image patch
-    patches          float32 (P_max, 4, 16, 16)  the patches in token order, [-1, 1] / 4, zero-padded
-    patch_rows       float32 (P_max, 2)  normalized [start, end) row interval of each patch
-    patch_cols       float32 (P_max, 2)  normalized [start, end) column interval
-    num_patches      int64 ()     real patches (the rest is padding)
+    tokens           int64 (B, L)  ids of trainer.tokenizer.LAYOUT; IMAGE_PLACEHOLDER at patches, PAD at the end
+    loss_mask        bool  (B, L)  True on action and text tokens (predict token l from tokens < l)
+    attention_mask   bool  (B, L)  True on real tokens; padding only at the end
+    local_positions  int64 (B, L)  position inside the timestep's observation; -1 on separator/action/pad
+    is_image         bool  (B, L)  True where the token is an image patch
+    num_patches      int64 (B,)    patches of each sequence (is_image.sum(1))
+    patches          uint8 (N, 16, 16, 4)  pixels of the N image tokens in is_image order (row-major
+                                   over B, L), channels last and zero-padded to 4; the model scales
+                                   them to [-1, 1] / 4 on its device (trainer.patches.normalize_patches)
+    patch_channels   uint8 (N,)    real channels of each patch
+    patch_rows       float32 (N, 2)  normalized [start, end) row interval of each patch
+    patch_cols       float32 (N, 2)  normalized [start, end) column interval
 
-``P_max`` is ``DataConfig.max_patches`` or, by default, a bound computed from the datasets'
-image tasks (``floor(L * P / s) + P`` for P patches in a timestep of s tokens), and 1 when no
-task has images, so every sequence of a loader has the same shapes.
+Patches are packed (no padding slots): N varies from batch to batch. Iterating GatoDataset
+without a batch size gives single sequences, the (B, ...) keys without B and the patch keys
+of that sequence; ``collate_sequences`` batches them (a DataLoader's ``collate_fn``).
 
 With ``observation_targets=True`` (JAT's kappa, Dynalang's next-observation prediction) two
-more keys come along: ``obs_targets`` int64 (L,) (the token ids) and ``obs_target_mask`` bool
-(L,), True on observation tokens that are not text and not the first token; at image
+more keys come along: ``obs_targets`` int64 (B, L) (the token ids) and ``obs_target_mask`` bool
+(B, L), True on observation tokens that are not text and not the first token; at image
 positions the target is the patch itself (``patches``), elsewhere the token id. The trainer
 adds kappa x that loss to the action loss. With ``provenance=True`` (tests, debugging):
-``token_episode`` / ``token_offset`` int64 (L,) (global episode number and offset inside
-its tokens, -1 on padding), ``is_prompt`` bool (L,) and ``prompt_kind`` int64 () (0 none,
+``token_episode`` / ``token_offset`` int64 (B, L) (global episode number and offset inside
+its tokens, -1 on padding), ``is_prompt`` bool (B, L) and ``prompt_kind`` int64 (B,) (0 none,
 1 episode end, 2 uniform position).
 
 Sampling (trainer/sequences.py has the details): tasks are drawn with the mixture weights
 (trainer/mixture.py: uniform over domains, then tasks); each task's episodes are split across
 ranks x workers per epoch so no window is served twice in an epoch; sequences are L tokens
 starting on a timestep, packed across episodes, 25% with a prompt; a shuffle buffer mixes
-them. The loader's state is how many sequences each worker has handed over: resuming
-replays the plans (no pixels read) and continues with the very same sequences.
+them. A batch is written from its plans in one go (trainer/assembly.py), in a worker straight
+into a shared-memory slot (trainer/ring.py). The loader's state is how many sequences each
+worker has handed over: resuming replays the plans (no pixels read) and continues with the
+very same sequences.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
-import math
+import multiprocessing
 import sys
 import time
 from collections.abc import Iterator
@@ -60,16 +66,17 @@ import torch
 import tyro
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from trainer.assembly import CompactLayout, expand, host_buffer, write_batch
 from trainer.catalog import Catalog
 from trainer.mixture import parse_weight_args, task_weights
-from trainer.patches import PATCH_SIZE, scale_patches
-from trainer.sequences import Assembled, SamplerSettings, ShardSampler, max_patches_per_sequence
+from trainer.ring import BatchRing
+from trainer.sequences import SamplerSettings, ShardSampler, max_patches_per_sequence
 from trainer.text_tokenizer import TextTokenizer
-from trainer.tokenizer import IMAGE_PLACEHOLDER, MAX_CHANNELS, PAD
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+PREFETCH_BATCHES = 8
 
 
 @dataclass
@@ -97,13 +104,8 @@ class DataConfig:
     seed: int = SamplerSettings.seed
     passes: int | None = SamplerSettings.passes
     """epochs over each task before its stream ends; None streams forever"""
-    max_patches: int | None = None
-    """P_max, patches per sequence; None derives a bound from the datasets"""
     max_text_tokens: int = 128
     """text tokens kept per timestep"""
-    patch_dtype: str = "float32"
-    """float32: patches in [-1, 1] / 4 (the contract); uint8: raw pixels, 4x fewer bytes to move, plus
-    patch_channels; trainer.patches.normalize_patches turns them into the same floats on the device"""
     prompt_pool_units: int = 3
     """read units per task kept for drawing prompts (memory: about this many row groups per task)"""
     observation_targets: bool = False
@@ -123,10 +125,6 @@ class DataConfig:
                 problems.append(f"{name}={value}: expected a number in [0, {0.5 if name == 'prompt_fraction' else 1}]")
         if self.passes is not None and self.passes < 1:
             problems.append(f"passes={self.passes}: expected >= 1 or None")
-        if self.patch_dtype not in ("float32", "uint8"):
-            problems.append(f"patch_dtype={self.patch_dtype!r}: expected 'float32' or 'uint8'")
-        if self.max_patches is not None and self.max_patches < 1:
-            problems.append(f"max_patches={self.max_patches}: expected >= 1")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -144,7 +142,8 @@ class GatoDataset(IterableDataset):
     """Gato sequences streamed from shard datasets; see the module docstring for the keys.
 
     Shards its work over DataLoader workers and distributed ranks (``rank``/``world_size``,
-    default from torch.distributed when it is initialized)."""
+    default from torch.distributed when it is initialized). With ``batch_size`` it yields
+    whole batches, else single sequences (batch them with ``collate_sequences``)."""
 
     def __init__(self, config: DataConfig, rank: int | None = None, world_size: int | None = None,
                  batch_size: int | None = None) -> None:
@@ -152,7 +151,8 @@ class GatoDataset(IterableDataset):
         config.validate()
         self.config = config
         self.batch_size = batch_size
-        self.pack_patches = False
+        self.compact = False  # workers send compact batches (SequenceLoader expands them)
+        self.ring: BatchRing | None = None  # set by SequenceLoader around an iteration with workers
         if rank is None or world_size is None:
             rank, world_size = _distributed_rank()
         if not 0 <= rank < world_size:
@@ -166,7 +166,7 @@ class GatoDataset(IterableDataset):
                              f"`python -m trainer.tokenizer fit ROOT --out text.model`)")
         domains = {task: self.catalog.domain_of(task) for task in self.catalog.task_names}
         self.weights = task_weights(domains, config.weights_spec())
-        self.max_patches = config.max_patches or max_patches_per_sequence(self.catalog, config.sequence_length)
+        self.max_patches = max_patches_per_sequence(self.catalog, config.sequence_length)
         self.settings = SamplerSettings(
             sequence_length=config.sequence_length, prompt_probability=config.prompt_probability,
             prompt_end_probability=config.prompt_end_probability, prompt_fraction=config.prompt_fraction,
@@ -177,9 +177,12 @@ class GatoDataset(IterableDataset):
         self._real_tokens = 0
         self._total_tokens = 0
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "ring": None}  # a spawned worker has no ring: torch's transport
+
     # -------------------------------------------------------------- iteration
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
         shard = self.rank * workers + worker
@@ -194,177 +197,60 @@ class GatoDataset(IterableDataset):
         if info is None:
             self._consumed = [skip]
         group = self.batch_size or 1
-        shared = info is not None  # in a worker: build tensors in shared memory, saving a copy
-        while True:
-            sequences = [assembled for _, (_, assembled) in zip(range(group), iterator)]
-            if not sequences:
-                return
-            if info is None:
-                self._consumed[0] += len(sequences)
-                self._real_tokens += sum(len(seq.tokens) for seq in sequences)
-                self._total_tokens += self.config.sequence_length * len(sequences)
-            if self.batch_size is None:
-                batch = self.collate(sequences, self.max_patches, shared)
-                yield {key: value[0] for key, value in batch.items()}
-            else:
-                yield self.collate(sequences, self.config.max_patches, shared, packed=self.pack_patches)
+        self.catalog.start_read_ahead()
+        sampler.read_ahead = self.catalog.read_ahead
+        try:
+            while True:
+                plans = list(itertools.islice(iterator, group))
+                if not plans:
+                    return
+                if info is None:
+                    self._consumed[0] += len(plans)
+                    self._real_tokens += sum(plan.num_tokens for plan in plans)
+                    self._total_tokens += self.config.sequence_length * len(plans)
+                if info is not None and self.compact and self.batch_size is not None:
+                    yield self._send(plans, sampler, worker)
+                    continue
+                held = []
+                layout = write_batch(plans, sampler, lambda nbytes: held.append(host_buffer(nbytes)) or held[0])
+                # in a worker the tensors go out in one shared segment, so nothing may alias the buffer
+                batch = expand(layout.views(held[0]), self.config.observation_targets,
+                               copy_patches=info is not None, shared=info is not None)
+                yield batch if self.batch_size is not None else _unbatch(batch)
+        finally:
+            self.catalog.stop_read_ahead()
 
-    def collate(self, sequences: list[Assembled], max_patches: int | None = None,
-                shared: bool = False, packed: bool = False) -> dict[str, torch.Tensor]:
-        """Assembled sequences -> the contract's tensors with a leading batch dimension; P is
-        ``max_patches`` or, when None, the most patches any of these sequences has (>= 1).
-        Pixels are scaled straight into the output (one float write per value).
+    def _send(self, plans: list, sampler: ShardSampler, worker: int) -> dict:
+        """Write a batch where the main process can take it: a ring slot (the message is its
+        number) or, when there is no ring or the batch does not fit a slot, a shared tensor."""
+        ring, where = self.ring, {}
 
-        ``packed``: the compact form a DataLoader worker sends (``expand_batch`` turns it into
-        the contract's tensors in the main process): ``tokens`` int32, ``local_positions`` int16,
-        ``loss_mask``, ``lengths`` (B,) and the patches as uint8 pixels back to back,
-        ``packed_patches`` (N, 4, 16, 16) (+ ``packed_patch_rows``/``_cols``, ``patch_channels``),
-        no padding slots and no derived masks. Bytes through shared memory cost on both sides
-        (fresh pages), and float32 patches are 4x their pixels."""
-        if packed:
-            return self._collate_compact(sequences)
-        length, size = self.config.sequence_length, len(sequences)
-        counts = [len(seq.raw_patches) for seq in sequences]
-        patch_slots = max_patches or max(1, max(counts))
-        if max(counts) > patch_slots:
-            raise ValueError(f"a sequence holds {max(counts)} patches, more than max_patches={patch_slots}")
-        raw_pixels = self.config.patch_dtype == "uint8"
-        pixel_type = torch.uint8 if raw_pixels else torch.float32
-        specs = {"tokens": ((size, length), torch.int64), "loss_mask": ((size, length), torch.bool),
-                 "attention_mask": ((size, length), torch.bool), "local_positions": ((size, length), torch.int64),
-                 "is_image": ((size, length), torch.bool), "num_patches": ((size,), torch.int64),
-                 "patches": ((size, patch_slots, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), pixel_type),
-                 "patch_rows": ((size, patch_slots, 2), torch.float32), "patch_cols": ((size, patch_slots, 2), torch.float32)}
-        if raw_pixels:
-            specs["patch_channels"] = ((size,), torch.int64)
-        if self.config.observation_targets:
-            specs["obs_targets"] = ((size, length), torch.int64)
-            specs["obs_target_mask"] = ((size, length), torch.bool)
-        batch = _allocate(specs, shared)
-        view = {key: tensor.numpy() for key, tensor in batch.items()}
-        tokens_np, local_np = view["tokens"], view["local_positions"]
-        patches_np, rows_np, cols_np = view["patches"], view["patch_rows"], view["patch_cols"]
-        tokens_np.fill(PAD)
-        local_np.fill(-1)
-        for b, seq in enumerate(sequences):
-            n, p = len(seq.tokens), counts[b]
-            tokens_np[b, :n] = seq.tokens
-            view["loss_mask"][b, :n] = seq.loss_mask
-            view["attention_mask"][b, :n] = True
-            local_np[b, :n] = seq.local_positions
-            if p:
-                row, slots = b, slice(0, p)
-                channels = seq.raw_patches.shape[1]
-                if raw_pixels:
-                    patches_np[row, slots, :channels] = seq.raw_patches
-                else:
-                    scale_patches(seq.raw_patches, out=patches_np[row, slots, :channels])
-                rows_np[row, slots] = seq.patch_rows
-                cols_np[row, slots] = seq.patch_cols
-            view["num_patches"][b] = p
-            if raw_pixels:
-                view["patch_channels"][b] = seq.raw_patches.shape[1] if p else 0
-        np.equal(tokens_np, IMAGE_PLACEHOLDER, out=view["is_image"])
-        if self.config.observation_targets:
-            view["obs_targets"][:] = tokens_np
-            target = view["obs_target_mask"]
-            np.greater_equal(local_np, 0, out=target)
-            target &= ~view["loss_mask"]
-            target[:, 0] = False
-        if self.config.provenance:
-            batch.update(_provenance(sequences, length))
-        return batch
+        def buffer_for(nbytes: int) -> np.ndarray:
+            if ring is not None and nbytes <= ring.slot_bytes:
+                slot, buffer = ring.acquire(worker)
+                where["slot"] = slot
+                return buffer
+            where["tensor"] = torch.empty((0,), dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(max(nbytes, 1)))
+            return where["tensor"].numpy()
 
-    def _collate_compact(self, sequences: list[Assembled]) -> dict[str, torch.Tensor]:
-        """See ``collate(packed=True)``: one shared-memory segment holding compact arrays."""
-        length, size = self.config.sequence_length, len(sequences)
-        counts = [len(seq.raw_patches) for seq in sequences]
-        limit = self.config.max_patches
-        if limit is not None and max(counts) > limit:
-            raise ValueError(f"a sequence holds {max(counts)} patches, more than max_patches={limit}")
-        total = max(1, sum(counts))
-        specs = {"tokens": ((size, length), torch.int32), "loss_mask": ((size, length), torch.bool),
-                 "local_positions": ((size, length), torch.int16), "lengths": ((size,), torch.int64),
-                 "num_patches": ((size,), torch.int64), "patch_channels": ((size,), torch.int64),
-                 "packed_patches": ((total, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), torch.uint8),
-                 "packed_patch_rows": ((total, 2), torch.float32), "packed_patch_cols": ((total, 2), torch.float32)}
-        batch = _allocate(specs, shared=get_worker_info() is not None)
-        view = {key: tensor.numpy() for key, tensor in batch.items()}
-        view["tokens"].fill(PAD)
-        view["local_positions"].fill(-1)
-        start = 0
-        for b, seq in enumerate(sequences):
-            n, p = len(seq.tokens), counts[b]
-            view["tokens"][b, :n] = seq.tokens
-            view["loss_mask"][b, :n] = seq.loss_mask
-            view["local_positions"][b, :n] = seq.local_positions
-            view["lengths"][b] = n
-            view["num_patches"][b] = p
-            if p:
-                channels = seq.raw_patches.shape[1]
-                view["patch_channels"][b] = channels
-                view["packed_patches"][start:start + p, :channels] = seq.raw_patches
-                view["packed_patch_rows"][start:start + p] = seq.patch_rows
-                view["packed_patch_cols"][start:start + p] = seq.patch_cols
-                start += p
-        if self.config.provenance:
-            batch.update(_provenance(sequences, length))
-        return batch
+        layout = write_batch(plans, sampler, buffer_for)
+        message = {"compact": (layout.size, layout.length, layout.patches, layout.provenance)}
+        if "slot" in where:
+            message["ring"] = (worker, where["slot"])
+        else:
+            message["buffer"] = where["tensor"]
+        return message
 
-    def expand_batch(self, compact: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A worker's compact batch (``collate(packed=True)``) -> exactly the tensors
-        ``collate`` gives in-process (the contract's keys, dtypes and values)."""
-        config = self.config
-        tokens_np = compact["tokens"].numpy()
-        size, length = tokens_np.shape
-        counts = compact["num_patches"].numpy()
-        slots = config.max_patches or max(1, int(counts.max(initial=0)))
-        raw_pixels = config.patch_dtype == "uint8"
-        specs = {"tokens": ((size, length), torch.int64), "loss_mask": ((size, length), torch.bool),
-                 "attention_mask": ((size, length), torch.bool), "local_positions": ((size, length), torch.int64),
-                 "is_image": ((size, length), torch.bool), "num_patches": ((size,), torch.int64),
-                 "patches": ((size, slots, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), torch.uint8 if raw_pixels else torch.float32),
-                 "patch_rows": ((size, slots, 2), torch.float32), "patch_cols": ((size, slots, 2), torch.float32)}
-        if raw_pixels:
-            specs["patch_channels"] = ((size,), torch.int64)
-        if config.observation_targets:
-            specs["obs_targets"] = ((size, length), torch.int64)
-            specs["obs_target_mask"] = ((size, length), torch.bool)
-        batch = _allocate(specs, shared=False)
-        view = {key: tensor.numpy() for key, tensor in batch.items()}
-        view["tokens"][:] = tokens_np
-        view["loss_mask"][:] = compact["loss_mask"].numpy()
-        view["local_positions"][:] = compact["local_positions"].numpy()
-        np.less(np.arange(length), compact["lengths"].numpy()[:, None], out=view["attention_mask"])
-        np.equal(view["tokens"], IMAGE_PLACEHOLDER, out=view["is_image"])
-        view["num_patches"][:] = counts
-        channels = compact["patch_channels"].numpy()
-        if raw_pixels:
-            view["patch_channels"][:] = channels
-        packed = compact["packed_patches"].numpy()
-        rows, cols = compact["packed_patch_rows"].numpy(), compact["packed_patch_cols"].numpy()
-        start = 0
-        for b, count in enumerate(counts.tolist()):
-            if count:
-                c = int(channels[b])
-                source = packed[start:start + count, :c]
-                if raw_pixels:
-                    view["patches"][b, :count, :c] = source
-                else:
-                    scale_patches(source, out=view["patches"][b, :count, :c])
-                view["patch_rows"][b, :count] = rows[start:start + count]
-                view["patch_cols"][b, :count] = cols[start:start + count]
-                start += count
-        if config.observation_targets:
-            view["obs_targets"][:] = view["tokens"]
-            target = view["obs_target_mask"]
-            np.greater_equal(view["local_positions"], 0, out=target)
-            target &= ~view["loss_mask"]
-            target[:, 0] = False
-        for key in ("token_episode", "token_offset", "is_prompt", "prompt_kind"):
-            if key in compact:
-                batch[key] = compact[key]
-        return batch
+    def receive(self, message: dict, ring: BatchRing | None) -> dict[str, torch.Tensor]:
+        """A worker's message (``_send``) -> the contract's tensors, in the main process."""
+        layout = CompactLayout(*message["compact"])
+        if "ring" in message:
+            worker, slot = message["ring"]
+            try:
+                return expand(layout.views(ring.view(worker, slot)), self.config.observation_targets)
+            finally:
+                ring.release(worker, slot)
+        return expand(layout.views(message["buffer"].numpy()), self.config.observation_targets, copy_patches=False)
 
     # -------------------------------------------------------------- state
 
@@ -409,12 +295,15 @@ class SequenceLoader:
     """A torch DataLoader over GatoDataset that knows how many sequences each worker handed
     over, so ``state_dict()`` / ``load_state_dict()`` resume exactly, and that measures padding.
     Batches come from workers in turn (the DataLoader's in-order mode), which is what lets the
-    count per worker be known from the batches seen."""
+    count per worker be known from the batches seen. Workers write their batches into a
+    shared-memory ring (trainer/ring.py) made for each pass."""
+
+    RING_SLOT_LIMIT = 256 << 20
+    """bytes per ring slot at most; a bigger batch travels as a shared tensor"""
 
     def __init__(self, dataset: GatoDataset, batch_size: int, num_workers: int = 0, **loader_kwargs) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
-        self.pack_patches = False
         self.num_workers = num_workers
         self.loader_kwargs = loader_kwargs
         self.consumed = [0] * max(1, num_workers)
@@ -425,20 +314,37 @@ class SequenceLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if any(self.consumed) or self._loaded:
             self.dataset.load_state_dict(self.state_dict())
-        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                            persistent_workers=False, in_order=True, **self.loader_kwargs)
-        turn = 0
-        workers = len(self.consumed)
-        for batch in loader:
-            if "lengths" in batch:  # a worker's compact batch
-                batch = self.dataset.expand_batch(batch)
-            size = len(batch["tokens"])
-            self.consumed[turn % workers] += size
-            turn += 1
-            real = int(batch["attention_mask"].sum())
-            self.real_tokens += real
-            self.total_tokens += batch["attention_mask"].numel()
-            yield batch
+        ring = self._make_ring()
+        self.dataset.ring = ring
+        try:
+            loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                                persistent_workers=False, in_order=True, **self.loader_kwargs)
+            turn = 0
+            workers = len(self.consumed)
+            for batch in loader:
+                if "compact" in batch:  # a worker's message
+                    batch = self.dataset.receive(batch, ring)
+                size = len(batch["tokens"])
+                self.consumed[turn % workers] += size
+                turn += 1
+                self.real_tokens += int(batch["attention_mask"].sum())
+                self.total_tokens += batch["attention_mask"].numel()
+                yield batch
+        finally:
+            self.dataset.ring = None
+
+    def _make_ring(self) -> BatchRing | None:
+        if self.num_workers == 0:
+            return None
+        context = self.loader_kwargs.get("multiprocessing_context") or multiprocessing.get_start_method(allow_none=True)
+        method = context if isinstance(context, str) else getattr(context, "get_start_method", lambda: None)()
+        if (method or multiprocessing.get_start_method()) != "fork":
+            return None
+        dataset = self.dataset
+        most = CompactLayout.max_bytes(self.batch_size, dataset.config.sequence_length, dataset.max_patches,
+                                       dataset.config.provenance)
+        slots = int(self.loader_kwargs.get("prefetch_factor") or 2) + 2  # in flight + being copied out
+        return BatchRing(self.num_workers, slots, min(most, self.RING_SLOT_LIMIT))
 
     def __len__(self) -> int:
         raise TypeError("a streaming loader has no length")
@@ -463,83 +369,24 @@ def make_loader(config: DataConfig, batch_size: int, num_workers: int = 0, rank:
                 world_size: int | None = None, **loader_kwargs) -> SequenceLoader:
     """The loader a training loop uses: batches of the contract's tensors, resumable."""
     dataset = GatoDataset(config, rank, world_size, batch_size=batch_size)
-    dataset.pack_patches = num_workers > 0  # workers send compact batches; see GatoDataset.collate
+    dataset.compact = num_workers > 0  # workers send compact batches; see GatoDataset._send
+    if num_workers > 0:  # batches take ~1 ms to make: let workers run ahead of the queues' latency
+        loader_kwargs.setdefault("prefetch_factor", PREFETCH_BATCHES)
     return SequenceLoader(dataset, batch_size, num_workers, **loader_kwargs)
 
 
-def unpack_patches(batch: dict[str, torch.Tensor], max_patches: int | None = None) -> dict[str, torch.Tensor]:
-    """Packed patches (N, ...) -> the contract's (B, P, ...) with zero padding slots (the layout
-    of ``collate(packed=True)`` before workers sent compact batches; kept for callers)."""
-    counts = batch["num_patches"].tolist()
-    slots = max_patches or max(1, max(counts))
-    starts = np.concatenate([[0], np.cumsum(counts)]).astype(int)
-    out = dict(batch)
-    for packed_key, key in (("packed_patches", "patches"), ("packed_patch_rows", "patch_rows"),
-                            ("packed_patch_cols", "patch_cols")):
-        packed = out.pop(packed_key).numpy()
-        full = np.zeros((len(counts), slots, *packed.shape[1:]), packed.dtype)
-        for b, count in enumerate(counts):
-            full[b, :count] = packed[starts[b]:starts[b + 1]]
-        out[key] = torch.from_numpy(full)
-    return out
+PER_PATCH_KEYS = ("patches", "patch_channels", "patch_rows", "patch_cols")
 
 
-def _provenance(sequences: list[Assembled], length: int) -> dict[str, torch.Tensor]:
-    size = len(sequences)
-    episode = torch.full((size, length), -1, dtype=torch.int64)
-    offset = torch.full((size, length), -1, dtype=torch.int64)
-    prompt = torch.zeros((size, length), dtype=torch.bool)
-    for b, seq in enumerate(sequences):
-        n = len(seq.tokens)
-        episode[b, :n] = torch.from_numpy(seq.token_episode)
-        offset[b, :n] = torch.from_numpy(seq.token_offset)
-        prompt[b, :n] = torch.from_numpy(seq.is_prompt)
-    return {"token_episode": episode, "token_offset": offset, "is_prompt": prompt,
-            "prompt_kind": torch.tensor([seq.prompt_kind for seq in sequences], dtype=torch.int64)}
+def collate_sequences(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Single sequences (GatoDataset without batch_size) -> one batch: per-token keys stacked,
+    the patches of all sequences back to back (use as a DataLoader's ``collate_fn``)."""
+    return {key: torch.cat([s[key] for s in samples]) if key in PER_PATCH_KEYS else torch.stack([s[key] for s in samples])
+            for key in samples[0]}
 
 
-def _allocate(specs: dict[str, tuple[tuple[int, ...], torch.dtype]], shared: bool) -> dict[str, torch.Tensor]:
-    """Zeroed tensors for a batch, all carved from ONE buffer: in a worker that buffer is shared
-    memory, so the batch crosses to the main process as one segment instead of one per key
-    (each shared segment costs system calls on both sides)."""
-    layout, total = {}, 0
-    for key, (shape, dtype) in specs.items():
-        total = -(-total // 64) * 64  # 64-byte aligned segments
-        layout[key] = (total, shape, dtype)
-        total += max(1, math.prod(shape)) * dtype.itemsize
-    if shared:  # new shared memory is zero-filled by the OS
-        storage = torch.UntypedStorage._new_shared(total)
-    else:
-        storage = torch.from_numpy(_host_buffer(total)).untyped_storage()
-    out = {}
-    for key, (offset, shape, dtype) in layout.items():
-        out[key] = torch.empty((0,), dtype=dtype).set_(storage, offset // dtype.itemsize, shape)
-    return out
-
-
-_RECENT_BUFFERS: list[np.ndarray] = []
-RECENT_BUFFERS = 3
-
-
-def _host_buffer(size: int) -> np.ndarray:
-    """A zeroed byte buffer for a batch: one of the last few batches' buffers when no tensor
-    uses it any more (the consumer dropped that batch), else fresh memory. Fresh pages cost
-    a page fault each (~0.5 ms/MB here); zeroing warm memory costs a fraction of that."""
-    # a free buffer has 2 references: the list's and getrefcount's argument; a live tensor
-    # over its memory holds one more (torch.from_numpy keeps its array alive)
-    free = [i for i in range(len(_RECENT_BUFFERS))
-            if _RECENT_BUFFERS[i].nbytes >= size and sys.getrefcount(_RECENT_BUFFERS[i]) == 2]
-    if free:
-        index = min(free, key=lambda i: _RECENT_BUFFERS[i].nbytes)
-        buffer = _RECENT_BUFFERS.pop(index)
-        _RECENT_BUFFERS.append(buffer)
-        buffer[:size].fill(0)
-        return buffer[:size]
-    buffer = np.zeros(size, np.uint8)  # calloc: fresh zero pages, nothing written
-    _RECENT_BUFFERS.append(buffer)
-    if len(_RECENT_BUFFERS) > RECENT_BUFFERS:
-        del _RECENT_BUFFERS[0]
-    return buffer
+def _unbatch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value if key in PER_PATCH_KEYS else value[0] for key, value in batch.items()}
 
 
 def _distributed_rank() -> tuple[int, int]:

@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
+from trainer.patches import normalize_patches
 from trainer.tokenizer import MAX_CHANNELS, MAX_LOCAL_POSITIONS, VOCAB_SIZE
 
 log = logging.getLogger(__name__)
@@ -423,10 +424,11 @@ class Gato(nn.Module):
 
 
 def real_patches(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The batch's real patches (N, C, 16, 16) and intervals (N, 2), row-major like is_image."""
-    patches = batch["patches"]  # (B, P_max, C, 16, 16)
-    valid = torch.arange(patches.shape[1], device=patches.device)[None, :] < batch["num_patches"].reshape(-1, 1)
-    return patches[valid], batch["patch_rows"][valid], batch["patch_cols"][valid]
+    """The batch's patches as model input (N, C_max, 16, 16) float32 in [-1, 1] / 4 and their
+    intervals (N, 2), row-major like is_image. The loader ships uint8 pixels (N, 16, 16, C_max);
+    they are scaled here, on the batch's device."""
+    patches = normalize_patches(batch["patches"], batch["patch_channels"])
+    return patches, batch["patch_rows"], batch["patch_cols"]
 
 
 # ----------------------------------------------------------------------------------------

@@ -17,9 +17,6 @@ import torch
 from trainer.tokenizer import CONTINUOUS_OFFSET, IMAGE_PLACEHOLDER, MAX_CHANNELS, PAD, SEPARATOR
 
 
-PATCH_SHAPE = (MAX_CHANNELS, 16, 16)
-
-
 @dataclass
 class SyntheticBatchConfig:
     batch_size: int = 8
@@ -63,16 +60,15 @@ def synthetic_batch(config: SyntheticBatchConfig) -> dict[str, torch.Tensor]:
     is_image = (kinds == 0) & attention_mask
     loss_mask = (kinds == 3) & attention_mask
     n_patches = int(is_image[0].sum())
-    p_max = max(1, n_patches)
-    patches = torch.zeros(B, p_max, *PATCH_SHAPE)
-    patches[:, :n_patches] = (torch.rand(B, n_patches, *PATCH_SHAPE, generator=g) * 2 - 1) / 4
+    pixels = torch.randint(0, 256, (B * n_patches, 16, 16, MAX_CHANNELS), generator=g, dtype=torch.uint8)
     side = max(1, int(round(config.image_patches ** 0.5)))
-    idx = torch.arange(p_max) % max(1, config.image_patches)
+    idx = torch.arange(n_patches).repeat(B) % max(1, config.image_patches)
     rows = torch.stack(((idx // side) / side, (idx // side + 1) / side), -1).clamp(0, 1).float()
     cols = torch.stack(((idx % side) / side, (idx % side + 1) / side), -1).clamp(0, 1).float()
     return {
         "tokens": tokens, "loss_mask": loss_mask, "attention_mask": attention_mask,
-        "local_positions": local_positions, "is_image": is_image, "patches": patches,
-        "patch_rows": rows.expand(B, p_max, 2).clone(), "patch_cols": cols.expand(B, p_max, 2).clone(),
+        "local_positions": local_positions, "is_image": is_image, "patches": pixels,
+        "patch_channels": torch.full((B * n_patches,), MAX_CHANNELS, dtype=torch.uint8),
+        "patch_rows": rows, "patch_cols": cols,
         "num_patches": torch.full((B,), n_patches, dtype=torch.long),
     }

@@ -43,12 +43,13 @@ from shards.format import (
 )
 from shards.manifest import TaskSpec
 from trainer.patches import (
+    MAX_CHANNELS,
     PATCH_SIZE,
-    frames_to_raw_patches,
+    cut_patches,
     image_to_patches,
+    normalize_patches,
     patch_intervals,
     patches_per_image,
-    scale_patches,
 )
 from trainer.text_tokenizer import TEXT_VOCAB_SIZE, TextTokenizer
 
@@ -63,7 +64,6 @@ SEPARATOR = CONTINUOUS_OFFSET + CONTINUOUS_BINS  # 33024
 IMAGE_PLACEHOLDER = SEPARATOR + 1
 PAD = SEPARATOR + 2
 VOCAB_SIZE = SEPARATOR + 3
-MAX_CHANNELS = 4
 MAX_LOCAL_POSITIONS = 1024
 
 
@@ -135,17 +135,21 @@ def decode_continuous(tokens: np.ndarray) -> np.ndarray:
 
 def encode_discrete(x: np.ndarray) -> np.ndarray:
     """Integers in [0, 1024) -> int64 tokens (the same ids); anything else raises ValueError."""
+    return _checked_discrete(x).astype(np.int64)
+
+
+def _checked_discrete(x: np.ndarray) -> np.ndarray:
+    """``x`` as an array after checking that it holds integers in [0, 1024) (ValueError if not)."""
     values = np.asarray(x)
     if values.dtype.kind == "f":
         if not np.isfinite(values).all() or not np.array_equal(values, np.round(values)):
             raise ValueError("encode_discrete: expected integers in [0, 1024), got non-integral floats")
     elif values.dtype.kind not in "iub":
         raise ValueError(f"encode_discrete: expected integers in [0, 1024), got dtype {values.dtype}")
-    tokens = values.astype(np.int64)
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= DISCRETE_VALUES):
-        bad = tokens.reshape(-1)[np.flatnonzero((tokens < 0) | (tokens >= DISCRETE_VALUES))[0]]
+    if values.size and (values.min() < 0 or values.max() >= DISCRETE_VALUES):
+        bad = values.reshape(-1)[np.flatnonzero((values < 0) | (values >= DISCRETE_VALUES))[0]]
         raise ValueError(f"encode_discrete: value {bad} is outside [0, {DISCRETE_VALUES})")
-    return tokens
+    return values
 
 
 # ----------------------------------------------------------------------------- timesteps
@@ -210,15 +214,16 @@ class StepTokens:
     """A run of T timesteps as flat token arrays (int32/int16 to keep caches small).
 
     ``step_offsets[t]`` is where timestep t starts; patch tokens of step t sit at
-    ``step_offsets[t] + layout.image_start + p`` and their pixels are ``patches[t, p]`` (uint8,
-    cut into 16x16 patches once, so a sequence's patches are a contiguous slice).
+    ``step_offsets[t] + layout.image_start + p`` and their pixels are patch p of ``frames[t]``
+    (the frames as read, uncut: ``trainer.patches.cut_patches`` cuts them where they are
+    needed, straight into a batch's memory).
     """
 
     tokens: np.ndarray          # (N,) int32
     loss_mask: np.ndarray       # (N,) bool: action and text tokens
     local_positions: np.ndarray  # (N,) int16, -1 on separator and action tokens
     step_offsets: np.ndarray    # (T + 1,) int64
-    patches: np.ndarray | None  # (T, P, C, 16, 16) uint8
+    frames: np.ndarray | None   # (T, H, W, C) uint8
     layout: StepLayout
 
     @property
@@ -232,7 +237,7 @@ class StepTokens:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.tokens, self.loss_mask, self.local_positions, self.step_offsets)) + (
-            0 if self.patches is None else self.patches.nbytes)
+            0 if self.frames is None else self.frames.nbytes)
 
 
 def tokenize_steps(steps: dict, spec: TaskSpec, text_model: TextTokenizer | None = None,
@@ -247,9 +252,9 @@ def tokenize_steps(steps: dict, spec: TaskSpec, text_model: TextTokenizer | None
     if len(lengths) > 1:
         raise ValueError(f"columns have different numbers of steps: { {k: len(v) for k, v in steps.items()} }")
     t = lengths.pop() if lengths else 0
-    parts: list[np.ndarray] = []      # (T, w) token blocks in timestep order
-    kinds: list[tuple[int, bool]] = []  # per block: (width, is_observation)
-    loss: list[bool] = []
+    # every timestep is a row: [observation blocks][text][separator][action blocks]; the blocks
+    # are written straight into one int32 matrix, and text rows are cut to their lengths last
+    obs_blocks: list[np.ndarray | int] = []   # (T, w) values, or a constant token of width 1 per patch
     for column in OBS_COLUMNS:
         if column not in spec.observation or column == OBS_TEXT:
             continue
@@ -257,55 +262,60 @@ def tokenize_steps(steps: dict, spec: TaskSpec, text_model: TextTokenizer | None
         if column == OBS_CONTINUOUS:
             block = encode_continuous(values.reshape(t, -1))
         elif column == OBS_DISCRETE:
-            block = encode_discrete(values.reshape(t, -1))
+            block = _checked_discrete(values.reshape(t, -1))
         else:  # pixels stay in ``frames``; patch tokens are placeholders
-            block = np.full((t, layout.patches), IMAGE_PLACEHOLDER, dtype=np.int64)
+            block = np.broadcast_to(np.int32(IMAGE_PLACEHOLDER), (t, layout.patches))
         if column != OBS_IMAGE:
             _check_width(column, block, spec.observation[column].shape)
-        parts.append(block)
-        kinds.append((block.shape[1], True))
-        loss.append(False)
+        obs_blocks.append(block)
     text_ids, text_lengths = None, None
     if layout.has_text:
         text_ids, text_lengths = _text_block(_column(steps, OBS_TEXT, t), t, text_model, text_cap(layout, max_text_tokens))
-    action_parts = [np.full((t, 1), SEPARATOR, dtype=np.int64)]
-    action_loss = [False]
+    action_blocks: list[np.ndarray] = []
     if actions:
         for column in ACT_COLUMNS:
             if column not in spec.action:
                 continue
             values = _column(steps, column, t).reshape(t, -1)
-            block = encode_continuous(values) if column == ACT_CONTINUOUS else encode_discrete(values)
+            block = encode_continuous(values) if column == ACT_CONTINUOUS else _checked_discrete(values)
             _check_width(column, block, spec.action[column].shape)
-            action_parts.append(block)
-            action_loss.append(True)
-    obs_width = sum(w for w, _ in kinds)
-    template_loss = np.concatenate([np.zeros(obs_width, bool)] + [np.full(b.shape[1], f) for b, f in zip(action_parts, action_loss)])
-    n_action = template_loss.size - obs_width
+            action_blocks.append(block)
+    obs_width = sum(b.shape[1] for b in obs_blocks)
+    width_text = 0 if text_ids is None else text_ids.shape[1]
+    n_action = 1 + sum(b.shape[1] for b in action_blocks)
+    width = obs_width + width_text + n_action
+    matrix = np.empty((t, width), np.int32)
+    at = 0
+    for block in obs_blocks + ([text_ids] if text_ids is not None else []):
+        matrix[:, at:at + block.shape[1]] = block
+        at += block.shape[1]
+    matrix[:, at] = SEPARATOR
+    at += 1
+    for block in action_blocks:
+        matrix[:, at:at + block.shape[1]] = block
+        at += block.shape[1]
+    row_loss = np.zeros(width, bool)
+    row_loss[obs_width:obs_width + width_text] = True
+    row_loss[obs_width + width_text + 1:] = True  # actions (not the separator)
+    row_local = np.full(width, -1, np.int16)
+    row_local[:obs_width + width_text] = np.arange(obs_width + width_text)
     if text_ids is None:
-        matrix = np.concatenate(parts + action_parts, axis=1) if t else np.zeros((0, obs_width + n_action), np.int64)
         tokens = matrix.reshape(-1)
-        loss_mask = np.tile(template_loss, t)
-        local = np.tile(np.concatenate([np.arange(obs_width), np.full(n_action, -1)]), t)
-        step_lengths = np.full(t, obs_width + n_action, dtype=np.int64)
+        loss_mask = np.tile(row_loss, t)
+        local = np.tile(row_local, t)
+        step_lengths = np.full(t, width, dtype=np.int64)
     else:
-        width_text = text_ids.shape[1]
-        matrix = np.concatenate(parts + [text_ids] + action_parts, axis=1)
         valid = np.ones(matrix.shape, dtype=bool)
         valid[:, obs_width:obs_width + width_text] = np.arange(width_text)[None, :] < text_lengths[:, None]
-        row_loss = np.concatenate([np.zeros(obs_width, bool), np.ones(width_text, bool), template_loss[obs_width:]])
-        row_local = np.concatenate([np.arange(obs_width + width_text), np.full(n_action, -1)])
         tokens = matrix[valid]
         loss_mask = np.broadcast_to(row_loss, matrix.shape)[valid]
         local = np.broadcast_to(row_local, matrix.shape)[valid]
         step_lengths = obs_width + n_action + text_lengths.astype(np.int64)
     offsets = np.zeros(t + 1, dtype=np.int64)
     np.cumsum(step_lengths, out=offsets[1:])
-    patches = None
-    if layout.patches:
-        patches = frames_to_raw_patches(_frames(steps[OBS_IMAGE], t, layout.image_shape))
-    return StepTokens(tokens=tokens.astype(np.int32), loss_mask=np.ascontiguousarray(loss_mask),
-                      local_positions=local.astype(np.int16), step_offsets=offsets, patches=patches, layout=layout)
+    frames = _frames(steps[OBS_IMAGE], t, layout.image_shape) if layout.patches else None
+    return StepTokens(tokens=tokens, loss_mask=loss_mask, local_positions=local, step_offsets=offsets,
+                      frames=frames, layout=layout)
 
 
 # ----------------------------------------------------------------------------- deployment
@@ -344,10 +354,8 @@ def tokenize_observation(obs: dict, spec: TaskSpec, text_model: TextTokenizer | 
     run = tokenize_steps(steps, spec, text_model, actions=False, max_text_tokens=max_text_tokens)
     tokens = run.tokens.astype(np.int64)
     is_image = tokens == IMAGE_PLACEHOLDER
-    if run.patches is not None:
-        raw = run.patches[0]
-        patches = np.zeros((raw.shape[0], MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), np.float32)
-        scale_patches(raw, out=patches[:, :raw.shape[1]])
+    if run.frames is not None:
+        patches = normalize_patches(cut_patches(run.frames)[0])
         rows, cols = patch_intervals(run.layout.image_shape[:2])
     else:
         patches = np.zeros((0, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), np.float32)
