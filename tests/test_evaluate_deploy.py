@@ -197,13 +197,13 @@ def test_median_decoding_picks_the_median_bin_and_ignores_thin_far_mass():
 
     logits = torch.full((1, 1024), -1e9)
     logits[0, [500, 510, 520]] = torch.log(torch.tensor([0.3, 0.25, 0.45]))
-    assert _median(logits) == 510  # cumulative 0.3, 0.55, 1.0: the half is reached at 510
+    assert _median(logits)[0] == 510  # cumulative 0.3, 0.55, 1.0: the half is reached at 510
     logits[0, 1023] = np.log(0.02)  # a thin tail on the far bin (decodes to +256) moves the mean, not the median
-    assert _median(logits) == 510
-    assert _median(torch.zeros(1, 8)) == 3  # uniform over 8: cumulative 0.5 at index 3
+    assert _median(logits)[0] == 510
+    assert list(_median(torch.zeros(2, 8))) == [3, 3]  # uniform over 8: cumulative 0.5 at index 3, per row
 
 
-def pendulum_dataset(root: Path, episodes: int = 4) -> TaskSpec:
+def pendulum_dataset(root: Path, episodes: int = 4) -> None:
     """Real Pendulum-v1 episodes with a proportional controller's continuous torques."""
     env = gym.make("Pendulum-v1", max_episode_steps=40)
     rows = []
@@ -224,16 +224,72 @@ def pendulum_dataset(root: Path, episodes: int = 4) -> TaskSpec:
     spec = TaskSpec(domain="gym", env_id="Pendulum-v1", observation={"obs_continuous": ModalitySpec([3], "float32")},
                     action={"act_continuous": ModalitySpec([1], "float32", low=-2, high=2)})
     write_dataset(root, rows, Manifest(name="pendulum", tasks={"gym/pendulum": spec}))
-    return spec
 
 
-def test_median_decoding_is_deterministic_and_sampling_is_not(tmp_path):
-    spec = pendulum_dataset(tmp_path / "data")
-    train(parse_config(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--config",
+class PendulumEnv:
+    """A real gymnasium Pendulum speaking shard columns; every episode lasts 40 steps."""
+
+    def __init__(self) -> None:
+        self.env = gym.make("Pendulum-v1", max_episode_steps=40)
+
+    def reset(self, seed: int):
+        obs, _ = self.env.reset(seed=seed)
+        return {"obs_continuous": obs.astype(np.float32)}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, _ = self.env.step(action["act_continuous"].astype(np.float32))
+        return {"obs_continuous": obs.astype(np.float32)}, float(reward), terminated or truncated, None
+
+    def close(self):
+        self.env.close()
+
+
+def pendulum_env(task: str, seed: int, spec: TaskSpec) -> PendulumEnv:
+    return PendulumEnv()
+
+
+@pytest.fixture(scope="module")
+def pendulum_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pendulum")
+    pendulum_dataset(base / "data")
+    train(parse_config(["--data", str(base / "data"), "--out", str(base / "run"), "--config",
                         str(REPO / "trainer/configs/gato-tiny.yaml"), "--loader.sequence-length", "64",
                         "--batch-size", "2", "--steps", "2", "--warmup-steps", "1", "--no-progress", "--threads", "1",
                         "--num-workers", "0"]))
-    model, _ = load_agent_model(tmp_path / "run")
+    return base
+
+
+def test_batched_evaluation_matches_one_episode_at_a_time(pendulum_run):
+    def run(width: int) -> dict:
+        (row,) = evaluate(EvalConfig(checkpoint=str(pendulum_run / "run"), tasks=["gym/pendulum"], episodes=5,
+                                     batch_episodes=width, continuous_decoding="median", progress=False,
+                                     out=str(pendulum_run / f"eval-{width}")), env_factory=pendulum_env)
+        return row
+
+    one, batched, wide = run(1), run(3), run(8)  # 3: groups of 3 and 2; 8: one group of all 5
+    for row in (batched, wide):
+        assert row["episodes"] == 5 and row["mean_length"] == 40
+        assert row["mean_return"] == pytest.approx(one["mean_return"], rel=1e-3)
+        assert row["std_return"] == pytest.approx(one["std_return"], rel=1e-2)
+
+
+def test_act_batch_refuses_unequal_token_counts(pendulum_run):
+    model, info = load_agent_model(pendulum_run / "run")
+    spec = Dataset(info["data_roots"][0]).manifest.tasks["gym/pendulum"]
+    agent = GatoAgent(model, spec, None, context=64)
+    agent.reset(batch=2)
+    with pytest.raises(ValueError, match="2 observations for a batch of 2|1 observations for a batch of 2"):
+        agent.act_batch([{"obs_continuous": np.zeros(3, np.float32)}])
+    with pytest.raises(ValueError, match="act\\(\\) serves one episode"):
+        agent.act({"obs_continuous": np.zeros(3, np.float32)})
+    agent.reset(batch=2)
+    actions = agent.act_batch([{"obs_continuous": np.zeros(3, np.float32)}, {"obs_continuous": np.ones(3, np.float32)}])
+    assert len(actions) == 2 and agent.last_action_tokens.shape == (2, 1)
+
+
+def test_median_decoding_is_deterministic_and_sampling_is_not(pendulum_run):
+    model, info = load_agent_model(pendulum_run / "run")
+    spec = Dataset(info["data_roots"][0]).manifest.tasks["gym/pendulum"]
     obs = {"obs_continuous": np.asarray([0.6, 0.8, 0.3], np.float32)}
 
     def tokens(decoding: str, seed: int) -> int:

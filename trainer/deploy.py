@@ -31,7 +31,7 @@ import torch
 from shards import Dataset, TaskSpec
 from trainer.checkpoint import load_checkpoint
 from trainer.model import Gato, GatoConfig, KVCache
-from trainer.patches import cut_patches, normalize_patches, patch_intervals
+from trainer.patches import patch_intervals, scale_patches
 from trainer.text_tokenizer import TextTokenizer
 from trainer.tokenizer import (
     CONTINUOUS_BINS,
@@ -75,7 +75,12 @@ class TokenChunk:
 
 
 class GatoAgent:
-    """One episode-at-a-time Gato policy with a rolling KV cache."""
+    """A Gato policy with a rolling KV cache, for one episode or a batch of episodes in lockstep.
+
+    ``act`` serves one environment. ``act_batch`` serves B of them at once with one forward
+    pass per action token (B rows of the cache): their observations must tokenize to equally
+    many tokens, as fixed-shape state observations do (not BabyAI's missions of varied length).
+    """
 
     def __init__(self, model: Gato, spec: TaskSpec, text_model: TextTokenizer | None, context: int = 1024,
                  temperature: float = 1.0, seed: int = 0, max_text_tokens: int = 128,
@@ -97,46 +102,68 @@ class GatoAgent:
         self.device = next(model.parameters()).device
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.cache = KVCache(model.config.n_layer, context)
-        self.pending = TokenChunk.empty()  # tokens to feed with the next observation
+        self.pending = [TokenChunk.empty()]  # per episode: tokens to feed with the next observation
 
-    def reset(self, prompt: TokenChunk | None = None) -> None:
-        """Start an episode: empty the cache; the prompt goes in with the first observation."""
+    def reset(self, prompt: TokenChunk | None = None, batch: int = 1) -> None:
+        """Start ``batch`` episodes: empty the cache; the prompt goes in with the first observation."""
+        if batch < 1:
+            raise ValueError(f"batch={batch}: expected >= 1")
         self.cache.reset()
-        self.pending = TokenChunk.empty() if prompt is None else prompt
-        if len(self.pending) > self.context:
-            raise ValueError(f"prompt of {len(self.pending)} tokens exceeds the context of {self.context}")
+        first = TokenChunk.empty() if prompt is None else prompt
+        if len(first) > self.context:
+            raise ValueError(f"prompt of {len(first)} tokens exceeds the context of {self.context}")
+        self.pending = [first] * batch
 
     @torch.no_grad()
     def act(self, observation: dict[str, Any]) -> dict[str, np.ndarray]:
         """One env action (dict of act_* columns) for one observation (dict of obs_* columns)."""
-        obs = tokenize_observation(observation, self.spec, self.text_model, self.max_text_tokens)
-        chunk = self.pending + TokenChunk(obs.tokens, obs.local_positions, obs.is_image, obs.patches,
-                                          obs.patch_rows, obs.patch_cols)
-        self.pending = TokenChunk.empty()
-        if len(chunk) > self.context:  # a prompt plus a first observation: keep the latest tokens
-            chunk = _tail(chunk, self.context)
-        sampled = []
-        for low, high in self.ranges:
+        if len(self.pending) != 1:
+            raise ValueError(f"act() serves one episode; this agent was reset for {len(self.pending)}: use act_batch")
+        return self.act_batch([observation])[0]
+
+    @torch.no_grad()
+    def act_batch(self, observations: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
+        """One action per episode of the batch, in order; ``last_action_tokens`` is (B, A)."""
+        if len(observations) != len(self.pending):
+            raise ValueError(f"{len(observations)} observations for a batch of {len(self.pending)} episodes")
+        chunks = []
+        for observation, pending in zip(observations, self.pending):
+            obs = tokenize_observation(observation, self.spec, self.text_model, self.max_text_tokens)
+            chunk = pending + TokenChunk(obs.tokens, obs.local_positions, obs.is_image, obs.patches,
+                                         obs.patch_rows, obs.patch_cols)
+            if len(chunk) > self.context:  # a prompt plus a first observation: keep the latest tokens
+                chunk = _tail(chunk, self.context)
+            chunks.append(chunk)
+        lengths = {len(c) for c in chunks}
+        if len(lengths) > 1:
+            raise ValueError(f"act_batch: observations tokenize to different lengths {sorted(lengths)}; "
+                             "act on such episodes one at a time")
+        sampled = np.zeros((len(chunks), len(self.ranges)), np.int64)
+        for position, (low, high) in enumerate(self.ranges):
             allowed = torch.arange(int(low), int(high), device=self.device)
-            logits = self._feed(chunk, allowed)  # (1, high - low)
+            logits = self._feed(chunks, allowed)  # (B, high - low)
             if self.continuous_decoding == "median" and (low, high) == (CONTINUOUS_OFFSET, CONTINUOUS_OFFSET + CONTINUOUS_BINS):
-                sampled.append(int(low) + _median(logits))
+                sampled[:, position] = int(low) + _median(logits)
             else:
-                sampled.append(int(low) + self._sample(logits))
-            chunk = _action_token(sampled[-1])
-        self.pending = chunk  # the last action token goes in with the next observation
-        self.last_action_tokens = np.asarray(sampled, dtype=np.int64)
-        return decode_action(self.last_action_tokens, self.spec)
+                sampled[:, position] = int(low) + self._sample(logits)
+            chunks = [_action_token(int(token)) for token in sampled[:, position]]
+        self.pending = chunks  # the last action token goes in with the next observation
+        self.last_action_tokens = sampled if len(sampled) > 1 else sampled[0]
+        return [decode_action(tokens, self.spec) for tokens in sampled]
 
-    def _feed(self, chunk: TokenChunk, allowed: torch.Tensor) -> torch.Tensor:
-        t = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in chunk.astuple()]
-        return self.model.next_token_logits(t[0][None], t[1][None], t[2][None], t[3], t[4], t[5], self.cache, allowed)
+    def _feed(self, chunks: list[TokenChunk], allowed: torch.Tensor) -> torch.Tensor:
+        """Logits (B, n_allowed) after feeding equally long chunks, one per cache row."""
+        parts = [[torch.from_numpy(np.ascontiguousarray(a)) for a in chunk.astuple()] for chunk in chunks]
+        rows = [torch.stack([p[i] for p in parts]).to(self.device) for i in range(3)]  # tokens, positions, is_image
+        flat = [torch.cat([p[i] for p in parts]).to(self.device) for i in range(3, 6)]  # patches in row-major order
+        return self.model.next_token_logits(*rows, *flat, self.cache, allowed)
 
-    def _sample(self, logits: torch.Tensor) -> int:
+    def _sample(self, logits: torch.Tensor) -> np.ndarray:
+        """(B,) indices into the allowed ids: argmax at temperature 0, else sampled."""
         if self.temperature == 0:
-            return int(logits[0].argmax())
-        probs = torch.softmax(logits[0].float() / self.temperature, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+            return logits.argmax(dim=-1).cpu().numpy()
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=self.generator)[:, 0].cpu().numpy()
 
 
 def demonstration_prompt(dataset: Dataset, task: str, spec: TaskSpec, text_model: TextTokenizer | None,
@@ -170,13 +197,14 @@ def demonstration_prompt(dataset: Dataset, task: str, spec: TaskSpec, text_model
     tokens = run.tokens[start:end].astype(np.int64)
     is_image = np.zeros(len(tokens), bool)
     patches, rows, cols = TokenChunk.empty().astuple()[3:]
-    if run.frames is not None:
+    if run.patches is not None:
         layout = run.layout
         for step in range(first, last):
             at = int(offsets[step]) - start + layout.image_start
             is_image[at:at + layout.patches] = True
-        pixels = cut_patches(run.frames[first:last])  # (T, P, 16, 16, C) uint8
-        patches = normalize_patches(pixels.reshape(-1, *pixels.shape[2:]))
+        raw = run.patches[first:last]  # (T, P, C, 16, 16) uint8
+        patches = np.zeros((raw.shape[0] * raw.shape[1], MAX_CHANNELS, 16, 16), np.float32)
+        scale_patches(raw.reshape(-1, *raw.shape[2:]), out=patches[:, :raw.shape[2]])
         r, c = patch_intervals(layout.image_shape[:2])
         rows, cols = np.tile(r, (last - first, 1)), np.tile(c, (last - first, 1))
     return TokenChunk(tokens, run.local_positions[start:end].astype(np.int64), is_image, patches, rows, cols), episode_id
@@ -212,10 +240,11 @@ def run_info(state: dict[str, Any]) -> dict[str, Any]:
             "prompt_fraction": float(loader.get("prompt_fraction", 0.25))}
 
 
-def _median(logits: torch.Tensor) -> int:
-    """Index of the bin where the cumulative probability of (1, n) logits reaches one half."""
-    cumulative = torch.cumsum(torch.softmax(logits[0].double(), dim=-1), dim=0)
-    return int(torch.searchsorted(cumulative, torch.tensor([0.5], dtype=cumulative.dtype))[0].clamp(max=len(cumulative) - 1))
+def _median(logits: torch.Tensor) -> np.ndarray:
+    """(B,) index of the bin where the cumulative probability of (B, n) logits reaches one half."""
+    cumulative = torch.cumsum(torch.softmax(logits.double(), dim=-1), dim=-1)
+    half = torch.full((cumulative.shape[0], 1), 0.5, dtype=cumulative.dtype)
+    return torch.searchsorted(cumulative, half)[:, 0].clamp(max=cumulative.shape[1] - 1).cpu().numpy()
 
 
 def _tail(chunk: TokenChunk, n: int) -> TokenChunk:

@@ -32,7 +32,7 @@ import numpy as np
 import tyro
 
 from shards import Dataset, TaskSpec
-from shards.format import ACT_CONTINUOUS, ACT_DISCRETE
+from shards.format import ACT_CONTINUOUS, ACT_DISCRETE, OBS_TEXT
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,9 @@ class EvalConfig:
     """'end' of the demonstration (goal conditioning, as the loader trains) or 'start' (Gato's default)"""
     max_steps: int | None = None
     """cut an episode after this many steps (None: the env's own limit)"""
+    batch_episodes: int = 10
+    """episodes run in lockstep, one forward pass per action token for all of them (tasks with a
+    text observation, whose token count varies, run one at a time)"""
     env_factory: str = "experts"
     """'experts' (the experts registry) or module:function returning an EvalEnv"""
     out: str | None = None
@@ -92,6 +95,8 @@ class EvalConfig:
         problems = []
         if self.episodes < 1:
             problems.append(f"--episodes={self.episodes}: expected >= 1")
+        if self.batch_episodes < 1:
+            problems.append(f"--batch-episodes={self.batch_episodes}: expected >= 1")
         if self.temperature < 0:
             problems.append(f"--temperature={self.temperature}: expected >= 0")
         from trainer.deploy import CONTINUOUS_DECODINGS
@@ -157,29 +162,27 @@ def evaluate_task(config: EvalConfig, task: str, env_factory: EnvFactory | None 
     agent = GatoAgent(model, spec, text_model, context=context, temperature=config.temperature, seed=config.seed,
                       max_text_tokens=info["max_text_tokens"], continuous_decoding=config.continuous_decoding)
     factory = env_factory or load_env_factory(config.env_factory)
-    env = factory(task, config.seed, spec)
+    # missions of varied length tokenize to varied lengths: such episodes run one at a time
+    width = 1 if OBS_TEXT in spec.observation else min(config.batch_episodes, config.episodes)
+    envs = [factory(task, config.seed, spec) for _ in range(width)]
     returns, successes, lengths = [], [], []
     started = time.perf_counter()
     from tqdm import tqdm
 
     try:
-        for episode in tqdm(range(config.episodes), desc=task, disable=not config.progress, leave=False):
-            obs = env.reset(seed=config.seed + episode)
-            agent.reset(prompt)
-            total, steps, success = 0.0, 0, None
-            while True:
-                obs, reward, done, flag = env.step(agent.act(obs))
-                total += float(reward)
-                steps += 1
-                if flag is not None:
-                    success = bool(success) or bool(flag)
-                if done or (config.max_steps is not None and steps >= config.max_steps):
-                    break
-            returns.append(total)
-            successes.append(success)
-            lengths.append(steps)
+        with tqdm(total=config.episodes, desc=task, disable=not config.progress, leave=False) as bar:
+            for first in range(0, config.episodes, width):
+                group = range(first, min(first + width, config.episodes))
+                outcome = _run_episodes(agent, envs[:len(group)], [config.seed + e for e in group], prompt,
+                                        config.max_steps)
+                for total, steps, success in outcome:
+                    returns.append(total)
+                    successes.append(success)
+                    lengths.append(steps)
+                bar.update(len(group))
     finally:
-        env.close()
+        for env in envs:
+            env.close()
     flags = [s for s in successes if s is not None]
     mean = float(np.mean(returns))
     return {
@@ -189,6 +192,28 @@ def evaluate_task(config: EvalConfig, task: str, env_factory: EnvFactory | None 
         "normalized_score": normalized_score(mean, spec.expert_return, spec.random_return),
         "prompt_episode": demo_id, "prompt_tokens": len(prompt), "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _run_episodes(agent, envs: list, seeds: list[int], prompt, max_steps: int | None) -> list[tuple[float, int, bool | None]]:
+    """Run one episode per env in lockstep (one batched action per step); (return, steps, success) each.
+    An env whose episode is over keeps its last observation in the batch and is not stepped."""
+    observations = [env.reset(seed=seed) for env, seed in zip(envs, seeds)]
+    agent.reset(prompt, batch=len(envs))
+    totals, steps = [0.0] * len(envs), [0] * len(envs)
+    successes: list[bool | None] = [None] * len(envs)
+    over = [False] * len(envs)
+    while not all(over):
+        actions = agent.act_batch(observations)
+        for i, env in enumerate(envs):
+            if over[i]:
+                continue
+            observations[i], reward, done, flag = env.step(actions[i])
+            totals[i] += float(reward)
+            steps[i] += 1
+            if flag is not None:
+                successes[i] = bool(successes[i]) or bool(flag)
+            over[i] = bool(done) or (max_steps is not None and steps[i] >= max_steps)
+    return list(zip(totals, steps, successes))
 
 
 def normalized_score(mean_return: float, expert_return: float | None, random_return: float | None) -> float | None:
