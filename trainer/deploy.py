@@ -31,7 +31,7 @@ import torch
 from shards import Dataset, TaskSpec
 from trainer.checkpoint import load_checkpoint
 from trainer.model import Gato, GatoConfig, KVCache
-from trainer.patches import patch_intervals, scale_patches
+from trainer.patches import cut_patches, normalize_patches, patch_intervals
 from trainer.text_tokenizer import TextTokenizer
 from trainer.tokenizer import (
     CONTINUOUS_BINS,
@@ -197,14 +197,13 @@ def demonstration_prompt(dataset: Dataset, task: str, spec: TaskSpec, text_model
     tokens = run.tokens[start:end].astype(np.int64)
     is_image = np.zeros(len(tokens), bool)
     patches, rows, cols = TokenChunk.empty().astuple()[3:]
-    if run.patches is not None:
+    if run.frames is not None:
         layout = run.layout
         for step in range(first, last):
             at = int(offsets[step]) - start + layout.image_start
             is_image[at:at + layout.patches] = True
-        raw = run.patches[first:last]  # (T, P, C, 16, 16) uint8
-        patches = np.zeros((raw.shape[0] * raw.shape[1], MAX_CHANNELS, 16, 16), np.float32)
-        scale_patches(raw.reshape(-1, *raw.shape[2:]), out=patches[:, :raw.shape[2]])
+        pixels = cut_patches(run.frames[first:last])  # (T, P, 16, 16, C) uint8
+        patches = normalize_patches(pixels.reshape(-1, *pixels.shape[2:]))
         r, c = patch_intervals(layout.image_shape[:2])
         rows, cols = np.tile(r, (last - first, 1)), np.tile(c, (last - first, 1))
     return TokenChunk(tokens, run.local_positions[start:end].astype(np.int64), is_image, patches, rows, cols), episode_id
