@@ -149,3 +149,21 @@ def test_next_observation_loss_weight():
     out.loss.backward()
     assert model.patch_head.weight.grad.abs().sum() > 0
     assert Gato(GatoConfig(n_layer=1, n_embd=32, n_head=2, ff=64, patch_hidden=8))(batch).observation_loss is None
+
+
+def test_smooth_bins_start_neighbouring_continuous_bins_alike():
+    from trainer.model import smooth_bin_code
+    from trainer.tokenizer import CONTINUOUS_BINS, CONTINUOUS_OFFSET
+
+    code = smooth_bin_code(CONTINUOUS_BINS, 64)
+    cosine = torch.nn.functional.cosine_similarity
+    near, far = cosine(code[:-1], code[1:]).mean(), cosine(code[:-300], code[300:]).abs().mean()
+    assert near > 0.9 and far < 0.2 and code.std() == pytest.approx(0.02, rel=0.05)
+    torch.manual_seed(0)
+    plain, smooth = Gato(GatoConfig(n_layer=1, n_embd=64, n_head=4, ff=256)), Gato(
+        GatoConfig(n_layer=1, n_embd=64, n_head=4, ff=256, smooth_bins=True))
+    bins = slice(CONTINUOUS_OFFSET, CONTINUOUS_OFFSET + CONTINUOUS_BINS)
+    assert torch.equal(smooth.embed.wte.weight[bins], code)
+    assert smooth.lm_head.weight.data_ptr() == smooth.embed.wte.weight.data_ptr()  # the head sees the same code
+    # the plain table's neighbours are unrelated noise
+    assert cosine(plain.embed.wte.weight[bins][:-1], plain.embed.wte.weight[bins][1:]).mean().abs() < 0.1

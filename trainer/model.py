@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import tyro
 
 from trainer.patches import normalize_patches
-from trainer.tokenizer import MAX_CHANNELS, MAX_LOCAL_POSITIONS, VOCAB_SIZE
+from trainer.tokenizer import CONTINUOUS_BINS, CONTINUOUS_OFFSET, MAX_CHANNELS, MAX_LOCAL_POSITIONS, VOCAB_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,10 @@ class GatoConfig:
     rope_base: float = 10000.0
     kappa: float = 0.0
     """weight of the next-observation loss; 0 = Gato (actions and text only), JAT used 0.005"""
+    smooth_bins: bool = False
+    """start the 1024 continuous-bin rows of the (tied) token table as a smooth code of each
+    bin's value instead of independent noise: neighbouring bins then begin alike, in the input
+    and in the output head, so a small model need not learn the order of 1024 values from data"""
 
     def __post_init__(self) -> None:
         problems = []
@@ -335,6 +339,10 @@ class Gato(nn.Module):
         for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
             if name.endswith("attn.proj.weight") or name.endswith("ff.out.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.smooth_bins:
+            with torch.no_grad():
+                self.embed.wte.weight[CONTINUOUS_OFFSET:CONTINUOUS_OFFSET + CONTINUOUS_BINS] = smooth_bin_code(
+                    CONTINUOUS_BINS, config.n_embd)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -421,6 +429,23 @@ class Gato(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+
+def smooth_bin_code(bins: int, width: int, std: float = 0.02, seed: int = 0) -> torch.Tensor:
+    """(bins, width) rows: Fourier features of each bin's centre u in [-1, 1] (the mu-law scale),
+    frequencies from 1/2 to bins/8 cycles over the range, mixed by a random orthogonal matrix,
+    scaled to the table's init std. Nearby bins get nearby rows; distant bins near-orthogonal ones."""
+    generator = torch.Generator().manual_seed(seed)
+    u = (torch.arange(bins, dtype=torch.float64) + 0.5) / bins * 2 - 1  # (bins,)
+    half = width // 2
+    frequencies = math.pi * torch.logspace(math.log10(0.5), math.log10(bins / 8), half, dtype=torch.float64)
+    angles = u[:, None] * frequencies[None, :]  # (bins, half)
+    features = torch.cat([angles.cos(), angles.sin()], dim=1)  # (bins, 2 * half)
+    if features.shape[1] < width:
+        features = torch.cat([features, torch.zeros(bins, width - features.shape[1], dtype=torch.float64)], dim=1)
+    mix, _ = torch.linalg.qr(torch.randn(width, width, generator=generator, dtype=torch.float64))
+    code = features @ mix  # (bins, width), rows of norm sqrt(half)
+    return (code * (std * math.sqrt(width) / math.sqrt(half))).float()
 
 
 def real_patches(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
