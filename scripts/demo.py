@@ -61,15 +61,17 @@ class DemoConfig:
     """dataset spec to collect"""
     train_config: str = str(REPO / "trainer" / "configs" / "demo.yaml")
     """trainer YAML for the small Gato"""
-    train_minutes: float = 20.0
+    train_minutes: float = 25.0
     """wall-clock budget of the training stage in this invocation (it stops at a checkpoint); with
-    about 12 minutes of collection and 10 of evaluation this keeps the demo under 45 minutes"""
+    about 6 minutes of collection and 5 of evaluation (idle machine) the demo stays under 45 minutes"""
     tasks: tuple[str, ...] = DEMO_TASKS
     """tasks to evaluate (Atari/Procgen are collected but neither trained on nor evaluated)"""
     episodes: int = 50
     """evaluation episodes per task (Gato: 50)"""
     temperature: float = 1.0
     """sampling temperature of the action tokens at evaluation (0 = greedy)"""
+    continuous_decoding: str = "median"
+    """continuous action tokens at evaluation: 'median' bin of the model's distribution, or 'sample'"""
     num_cpus: int | None = None
     """CPUs of the local Ray used for collection (default: all cores)"""
     jobs: int = max(1, os.cpu_count() or 1)
@@ -192,7 +194,8 @@ def _evaluate(config: DemoConfig, out: Path) -> str:
         raise StageFailed(f"no checkpoint under {out / 'train'}: run the train stage first")
     stat = checkpoint.stat()
     key = {"checkpoint": checkpoint.name, "size": stat.st_size, "mtime": stat.st_mtime,
-           "episodes": config.episodes, "temperature": config.temperature}
+           "episodes": config.episodes, "temperature": config.temperature,
+           "continuous_decoding": config.continuous_decoding}
     eval_dir = out / "eval"
     pending = {}
     for task in config.tasks:
@@ -202,13 +205,15 @@ def _evaluate(config: DemoConfig, out: Path) -> str:
     order = sorted(pending, key=lambda t: -EVAL_COST.get(t.split("/")[0], 1))
     _run_parallel("evaluate", [(task, ["-m", "trainer.evaluate", "--checkpoint", str(out / "train"), "--tasks", task,
                                        "--episodes", str(config.episodes), "--temperature", str(config.temperature),
+                                       "--continuous-decoding", config.continuous_decoding,
                                        "--out", str(pending[task])]) for task in order], config.jobs, eval_dir / "logs")
     for task in order:
         _write_json(pending[task] / "demo-key.json", key)
     rows = [json.loads((eval_dir / "tasks" / t.replace("/", "__") / "eval.json").read_text())["rows"][0]
             for t in config.tasks]
     write_eval_report(rows, eval_dir, title=f"{checkpoint.name} ({config.episodes} episodes per task, "
-                                            f"temperature {config.temperature:g})")
+                                            f"temperature {config.temperature:g}, continuous actions: "
+                                            f"{config.continuous_decoding})")
     from shards.console import print_table
 
     print_table([{k: r[k] for k in ("task", "mean_return", "success_rate", "normalized_score", "expert_return",
