@@ -50,14 +50,19 @@ def test_batches_follow_the_contract(synth):
     batch = next(iter(loader))
     for key, (dtype, _) in CONTRACT.items():
         assert batch[key].dtype == dtype and batch[key].shape == (4, 256), key
-    n = int(batch["num_patches"].sum())  # patches are packed: N over the batch, in is_image order
+    n = int(batch["num_patches"].sum())  # N image tokens over the batch, in is_image order
     assert n > 0 and n == int(batch["is_image"].sum())
     assert torch.equal(batch["is_image"].sum(1), batch["num_patches"])
-    assert batch["patches"].shape == (n, 16, 16, 4) and batch["patches"].dtype == torch.uint8
     assert batch["patch_rows"].shape == batch["patch_cols"].shape == (n, 2)
-    assert batch["patch_channels"].shape == (n,) and 1 <= int(batch["patch_channels"].min())
-    channels = batch["patch_channels"].long()
-    assert not (batch["patches"] * (torch.arange(4) >= channels[:, None])[:, None, None, :]).any()  # padded channels are 0
+    # the frames they come from, as stored: F frames, whose first frame_patches patches are tokens
+    shapes, frames = batch["image_shapes"], batch["num_frames"]
+    assert shapes.shape == (4, 3) and frames.shape == (4,) and batch["frame_patches"].shape == (int(frames.sum()),)
+    assert batch["frames"].dtype == torch.uint8 and len(batch["frames"]) == int((shapes.prod(1) * frames).sum())
+    assert int(batch["frame_patches"].sum()) == n
+    from trainer.model import real_patches
+
+    patches, _, _ = real_patches(batch)
+    assert patches.shape == (n, 4, 16, 16) and patches.abs().max() <= 0.25 + 1e-6
     assert batch["obs_target_mask"].shape == (4, 256)
     # obs targets: observation tokens that are not loss targets
     assert not (batch["obs_target_mask"] & batch["loss_mask"]).any()
@@ -71,13 +76,13 @@ def test_batches_follow_the_contract(synth):
     for key in batch:
         assert torch.equal(again[key], batch[key]), key
     via_loader = next(iter(DataLoader(single, batch_size=4, collate_fn=collate_sequences)))
-    assert torch.equal(via_loader["patches"], batch["patches"])
+    assert torch.equal(via_loader["frames"], batch["frames"])
 
 
 def test_workers_ship_the_same_batches_through_the_ring_and_without_it(synth, monkeypatch):
     """A worker writes batches into shared-memory slots; what arrives equals in-process batches,
     and so do batches too big for a slot (sent as a shared tensor instead)."""
-    from trainer.data import SequenceLoader
+    import trainer.data
 
     def batches(workers):
         return take(make_loader(config(synth, provenance=True, observation_targets=True), batch_size=3,
@@ -87,7 +92,8 @@ def test_workers_ship_the_same_batches_through_the_ring_and_without_it(synth, mo
     kept = []  # holding batches must not let a worker overwrite them
     for expected, got in zip(local, batches(1)):
         kept.append(got)
-    monkeypatch.setattr(SequenceLoader, "RING_SLOT_LIMIT", 4096)  # every batch is bigger: the fallback
+    monkeypatch.setattr(trainer.data, "RING_MIN_BYTES", 4096)  # every batch is bigger than the arena: the fallback
+    monkeypatch.setattr(trainer.data, "RING_MAX_BYTES", 4096)
     fallback = batches(1)
     assert len(kept) == len(fallback) == 12
     for expected, got, other in zip(local, kept, fallback):
@@ -206,7 +212,7 @@ def test_exact_resume_in_process(synth):
     again = GatoDataset(config(synth, provenance=True, shuffle_buffer=16))
     again.load_state_dict(state)
     for a, b in zip(rest, take(again, 23)):
-        assert torch.equal(a["tokens"], b["tokens"]) and torch.equal(a["patches"], b["patches"])
+        assert torch.equal(a["tokens"], b["tokens"]) and torch.equal(a["frames"], b["frames"])
 
 
 def test_mixture_default_and_upweighted(synth, tmp_path):
@@ -267,16 +273,21 @@ def test_row_group_units_images_and_uri_roots(tmp_path):
     step = first_offset // 38
     run_index = _run_index(dataset, episode)
     frames = atari_like_episode(task, run_index, 40 + run_index).steps["obs_image"]
-    from trainer.patches import image_to_patches, normalize_patches
+    from trainer.data import collate_sequences
+    from trainer.model import real_patches
+    from trainer.patches import image_to_patches
 
     expected, rows, cols = image_to_patches(frames[step])
-    assert torch.equal(sample["patch_channels"][:36], torch.full((36,), 4, dtype=torch.uint8))
-    torch.testing.assert_close(normalize_patches(sample["patches"][:36]), torch.from_numpy(expected))
-    assert torch.equal(sample["patch_rows"][:36], torch.from_numpy(rows))
-    assert torch.equal(sample["patch_cols"][:36], torch.from_numpy(cols))
-    # the sequence's last timestep may be cut inside its image: the patches stop with the tokens
-    last = samples[-1]
-    assert len(last["patches"]) == int(last["num_patches"]) == int(last["is_image"].sum())
+    assert sample["image_shapes"].tolist() == [84, 84, 4]
+    assert torch.equal(sample["frames"][:84 * 84 * 4], torch.from_numpy(frames[step].reshape(-1)))  # as stored
+    patches, got_rows, got_cols = real_patches(collate_sequences([sample]))
+    torch.testing.assert_close(patches[:36], torch.from_numpy(expected))
+    assert torch.equal(got_rows[:36], torch.from_numpy(rows)) and torch.equal(got_cols[:36], torch.from_numpy(cols))
+    # a sequence's last timestep may be cut inside its image: the patches stop with the tokens
+    cut = [s for s in samples if int(s["frame_patches"][-1]) < 36]
+    assert cut, "some sequence ends inside an image"
+    for s in cut:
+        assert len(real_patches(collate_sequences([s]))[0]) == int(s["num_patches"]) == int(s["is_image"].sum())
     assert sample["local_positions"][:38].tolist() == list(range(36)) + [-1, -1]
 
 
@@ -302,16 +313,23 @@ def test_bad_inputs_give_clear_errors(synth, tmp_path):
         ShardSampler(dataset.catalog, dataset.weights, dataset.settings, shard=299, num_shards=300)
 
 
-def test_model_input_of_loader_patches_is_the_scaled_pixels(synth):
+def test_model_input_of_loader_frames_is_their_cut_and_scaled_patches(synth):
+    """The model cuts the shipped frames on its device exactly as the host cutter does."""
     from trainer.model import real_patches
+    from trainer.patches import cut_patches, normalize_patches
 
     batch = next(iter(make_loader(config(synth, seed=5), batch_size=6)))
     patches, rows, cols = real_patches(batch)
     n = int(batch["num_patches"].sum())
     assert n > 0 and patches.shape == (n, 4, 16, 16) and patches.dtype == torch.float32
-    pixels = batch["patches"].permute(0, 3, 1, 2).double()
-    expected = (pixels / 255 * 2 - 1) / 4 * (torch.arange(4) < batch["patch_channels"].long()[:, None])[:, :, None, None]
-    torch.testing.assert_close(patches.double(), expected, atol=1e-6, rtol=0)
+    expected, offset, frame = [], 0, 0
+    for (h, w, c), count in zip(batch["image_shapes"].tolist(), batch["num_frames"].tolist()):
+        pixels = batch["frames"][offset:offset + count * h * w * c].numpy().reshape(count, h, w, c)
+        offset += count * h * w * c
+        for cut in cut_patches(pixels):
+            expected.append(normalize_patches(cut[:int(batch["frame_patches"][frame])]))
+            frame += 1
+    assert torch.equal(patches, torch.from_numpy(np.concatenate(expected)))
     assert torch.equal(rows, batch["patch_rows"]) and torch.equal(cols, batch["patch_cols"])
 
 

@@ -133,7 +133,7 @@ def test_images_and_local_positions_change_the_embedding():
     model = Gato(CONFIGS["gato-tiny"]).eval()
     batch = synthetic_batch(SyntheticBatchConfig(batch_size=2, seq_len=64, image_patches=4))
     base = model(batch).loss
-    other = dict(batch, patches=batch["patches"].flip(0))
+    other = dict(batch, frames=batch["frames"].flip(0))
     assert not torch.allclose(model(other).loss, base)
     other = dict(batch, local_positions=batch["local_positions"].roll(1, 1))
     assert not torch.allclose(model(other).loss, base)

@@ -4,12 +4,14 @@
     batch = expand(layout.views(buffer), observation_targets=False)   # where the batch is used
 
 The compact form is what crosses from a DataLoader worker to the training process: every
-array of a batch in one byte buffer (a shared-memory slot, see trainer/ring.py), in the
-smallest dtypes (int32 ids, int16 positions, uint8 pixels) and without what can be derived
-(attention and image masks). ``write_batch`` fills it with one slice copy per piece of a plan
-and array, cutting image patches straight from the frames into it; ``expand`` widens it to
-the contract's dtypes (trainer/data.py lists the keys) with a few whole-batch numpy calls.
-Every byte of the layout is written, so a buffer can be reused without clearing it.
+array of a batch in one byte buffer (shared memory, see trainer/ring.py), in the smallest
+dtypes (int32 ids, int16 positions) and without what can be derived (attention and image
+masks). ``write_batch`` fills it with one slice copy per piece of a plan and array; image
+frames are copied as stored (a memcpy each: cutting them into 16x16 patches, a strided copy
+at a third of memcpy's speed, is left to the model on its device, like the pixel scaling).
+``expand`` widens it to the contract's dtypes (trainer/data.py lists the keys) with a few
+whole-batch numpy calls. Every byte of the layout is written, so a buffer can be reused
+without clearing it.
 """
 
 from __future__ import annotations
@@ -23,46 +25,48 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainer.patches import MAX_CHANNELS, PATCH_SIZE, cut_patches, patch_intervals
+from trainer.patches import patch_intervals
 from trainer.tokenizer import IMAGE_PLACEHOLDER, PAD
-
-PATCH_BYTES = PATCH_SIZE * PATCH_SIZE * MAX_CHANNELS
-
 
 @dataclass(frozen=True)
 class CompactLayout:
-    """Where each array of a compact batch of ``size`` sequences of ``length`` tokens with
-    ``patches`` image patches lives in one byte buffer."""
+    """Where each array of a compact batch lives in one byte buffer: ``size`` sequences of
+    ``length`` tokens with ``patches`` image tokens cut from ``frames`` frames of
+    ``frame_bytes`` pixels in all."""
 
     size: int
     length: int
     patches: int
+    frames: int
+    frame_bytes: int
     provenance: bool = False
 
     @property
     def fields(self) -> dict[str, tuple[int, tuple[int, ...], np.dtype]]:
-        return _compact_fields(self.size, self.length, self.patches, self.provenance)[0]
+        return _compact_fields(self.size, self.length, self.patches, self.frames, self.frame_bytes, self.provenance)[0]
 
     @property
     def nbytes(self) -> int:
-        return _compact_fields(self.size, self.length, self.patches, self.provenance)[1]
+        return _compact_fields(self.size, self.length, self.patches, self.frames, self.frame_bytes, self.provenance)[1]
 
     def views(self, buffer: np.ndarray) -> dict[str, np.ndarray]:
         """Numpy views of the arrays inside ``buffer`` (uint8, at least ``nbytes``)."""
         return _views(self.fields, buffer)
 
     @staticmethod
-    def max_bytes(size: int, length: int, patches_per_sequence: int, provenance: bool = False) -> int:
-        """The largest compact batch of these sizes (what a shared-memory slot must hold)."""
-        return CompactLayout(size, length, size * patches_per_sequence, provenance).nbytes
+    def max_bytes(size: int, length: int, patches_per_sequence: int, frames_per_sequence: int,
+                  frame_bytes_per_sequence: int, provenance: bool = False) -> int:
+        """The largest compact batch of these sizes (what shared memory must hold for it)."""
+        return CompactLayout(size, length, size * patches_per_sequence, size * frames_per_sequence,
+                             size * frame_bytes_per_sequence, provenance).nbytes
 
 
 def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray]) -> CompactLayout:
     """Write ``plans`` (trainer.sequences.Plan) as one compact batch into ``buffer_for(nbytes)``."""
     catalog = sampler.catalog
     length = sampler.settings.sequence_length
-    jobs = []  # (row, column, piece, unit, step layout, first step, whole steps, cut patches)
-    patches = 0
+    jobs = []  # (row, column, piece, unit, step layout, first step, whole steps, patches of the cut step)
+    patches = frames = frame_bytes = 0
     for row, plan in enumerate(plans):
         column = 0
         for piece in plan.pieces:
@@ -75,16 +79,21 @@ def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray]) -
                 last = int(offsets.searchsorted(piece.end, side="right")) - 1  # the step holding ``end``
                 whole = last - first
                 cut = min(max(piece.end - int(offsets[last]) - layout.image_start, 0), layout.patches)
+                count = whole + (cut > 0)
+                frames += count
+                frame_bytes += count * unit.steps.frames[0].size
             jobs.append((row, column, piece, unit, layout, first, whole, cut))
             column += piece.end - piece.start
             patches += whole * layout.patches + cut
-    compact = CompactLayout(len(plans), length, patches, sampler.settings.provenance)
+    compact = CompactLayout(len(plans), length, patches, frames, frame_bytes, sampler.settings.provenance)
     out = compact.views(buffer_for(compact.nbytes))
     tokens, local, loss = out["tokens"], out["local_positions"], out["loss_mask"]
-    pixels, channels, rows, cols = out["patches"], out["patch_channels"], out["patch_rows"], out["patch_cols"]
-    lengths, counts = out["lengths"], out["num_patches"]
+    pixels, frame_patches, rows, cols = out["frames"], out["frame_patches"], out["patch_rows"], out["patch_cols"]
+    lengths, counts, shapes, row_frames = out["lengths"], out["num_patches"], out["image_shapes"], out["num_frames"]
     counts[:] = 0
-    at = 0
+    shapes[:] = 0
+    row_frames[:] = 0
+    at = frame = byte = 0
     for row, column, piece, unit, layout, first, whole, cut in jobs:
         steps, start, end = unit.steps, piece.start, piece.end
         span = slice(column, column + end - start)
@@ -94,14 +103,15 @@ def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray]) -
         count = whole * layout.patches + cut
         if not count:
             continue
-        frames = steps.frames
-        if whole:
-            cut_patches(frames[first:first + whole], out=pixels[at:at + whole * layout.patches].reshape(
-                whole, layout.patches, PATCH_SIZE, PATCH_SIZE, MAX_CHANNELS))
+        taken = steps.frames[first:first + whole + (cut > 0)]  # the frames as stored: the model cuts them
+        pixels[byte:byte + taken.size] = taken.reshape(-1)
+        byte += taken.size
+        frame_patches[frame:frame + whole] = layout.patches
         if cut:
-            pixels[at + whole * layout.patches:at + count] = cut_patches(
-                frames[first + whole:first + whole + 1], out=_scratch(layout.patches))[0, :cut]
-        channels[at:at + count] = layout.image_shape[2]
+            frame_patches[frame + whole] = cut
+        frame += len(taken)
+        shapes[row] = layout.image_shape
+        row_frames[row] += len(taken)
         grid_rows, grid_cols = _tiled_intervals(tuple(layout.image_shape[:2]), count)
         rows[at:at + count] = grid_rows
         cols[at:at + count] = grid_cols
@@ -121,19 +131,19 @@ def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray]) -
 
 
 def expand(compact: dict[str, np.ndarray], observation_targets: bool = False,
-           copy_patches: bool = True, shared: bool = False) -> dict[str, torch.Tensor]:
+           copy_frames: bool = True, shared: bool = False) -> dict[str, torch.Tensor]:
     """A compact batch's views -> the contract's tensors, all in one fresh or recycled host
     buffer (``shared``: one torch shared-memory segment, for a worker to send). With
-    ``copy_patches=False`` the patches alias the compact buffer (when that is not reused)."""
+    ``copy_frames=False`` the frames alias the compact buffer (when that is not reused)."""
     size, length = compact["tokens"].shape
-    patches = len(compact["patches"])
+    patches, frames = len(compact["patch_rows"]), len(compact["frame_patches"])
     specs = [("tokens", (size, length), np.int64), ("local_positions", (size, length), np.int64),
-             ("num_patches", (size,), np.int64), ("loss_mask", (size, length), np.bool_),
+             ("num_patches", (size,), np.int64), ("image_shapes", (size, 3), np.int64), ("num_frames", (size,), np.int64),
+             ("frame_patches", (frames,), np.int64), ("loss_mask", (size, length), np.bool_),
              ("attention_mask", (size, length), np.bool_), ("is_image", (size, length), np.bool_),
-             ("patch_rows", (patches, 2), np.float32), ("patch_cols", (patches, 2), np.float32),
-             ("patch_channels", (patches,), np.uint8)]
-    if copy_patches:
-        specs.append(("patches", (patches, PATCH_SIZE, PATCH_SIZE, MAX_CHANNELS), np.uint8))
+             ("patch_rows", (patches, 2), np.float32), ("patch_cols", (patches, 2), np.float32)]
+    if copy_frames:
+        specs.append(("frames", compact["frames"].shape, np.uint8))
     if observation_targets:
         specs += [("obs_targets", (size, length), np.int64), ("obs_target_mask", (size, length), np.bool_)]
     if "token_episode" in compact:
@@ -147,8 +157,8 @@ def expand(compact: dict[str, np.ndarray], observation_targets: bool = False,
         out = {key: tensor.numpy() for key, tensor in tensors.items()}
     else:
         out = _views(fields, host_buffer(nbytes))
-    for key in ("tokens", "local_positions", "num_patches", "loss_mask", "patch_rows", "patch_cols", "patch_channels",
-                "patches", "token_episode", "token_offset", "is_prompt", "prompt_kind"):
+    for key in ("tokens", "local_positions", "num_patches", "image_shapes", "num_frames", "frame_patches", "loss_mask",
+                "patch_rows", "patch_cols", "frames", "token_episode", "token_offset", "is_prompt", "prompt_kind"):
         if key in out:
             out[key][...] = compact[key]
     np.less(np.arange(length), compact["lengths"][:, None], out=out["attention_mask"])
@@ -160,8 +170,8 @@ def expand(compact: dict[str, np.ndarray], observation_targets: bool = False,
         target &= ~compact["loss_mask"]  # observation tokens that are not text
         target[:, 0] = False
     batch = tensors if shared else {key: torch.from_numpy(value) for key, value in out.items()}
-    if not copy_patches:
-        batch["patches"] = torch.from_numpy(compact["patches"])
+    if not copy_frames:
+        batch["frames"] = torch.from_numpy(compact["frames"])
     return batch
 
 
@@ -202,12 +212,13 @@ def _pack(specs: tuple) -> tuple[dict[str, tuple[int, tuple[int, ...], np.dtype]
     return fields, total
 
 
-def _compact_fields(size: int, length: int, patches: int, provenance: bool):
-    b, l, n = size, length, patches
+def _compact_fields(size: int, length: int, patches: int, frames: int, frame_bytes: int, provenance: bool):
+    b, l = size, length
     specs = (("tokens", (b, l), np.int32), ("local_positions", (b, l), np.int16), ("loss_mask", (b, l), np.bool_),
              ("lengths", (b,), np.int32), ("num_patches", (b,), np.int32), ("prompt_kind", (b,), np.int8),
-             ("patches", (n, PATCH_SIZE, PATCH_SIZE, MAX_CHANNELS), np.uint8), ("patch_channels", (n,), np.uint8),
-             ("patch_rows", (n, 2), np.float32), ("patch_cols", (n, 2), np.float32))
+             ("image_shapes", (b, 3), np.int32), ("num_frames", (b,), np.int32), ("frame_patches", (frames,), np.int32),
+             ("patch_rows", (patches, 2), np.float32), ("patch_cols", (patches, 2), np.float32),
+             ("frames", (frame_bytes,), np.uint8))
     if provenance:
         specs += (("token_episode", (b, l), np.int64), ("token_offset", (b, l), np.int64), ("is_prompt", (b, l), np.bool_))
     return _pack(specs)
@@ -249,13 +260,3 @@ def _tiled_intervals(image_hw: tuple[int, int], count: int) -> tuple[np.ndarray,
         rows, cols = np.tile(grid_rows, (repeats, 1)), np.tile(grid_cols, (repeats, 1))
         _TILED[image_hw] = (rows, cols)
     return rows[:count], cols[:count]
-
-
-_SCRATCH: dict[int, np.ndarray] = {}
-
-
-def _scratch(patches: int) -> np.ndarray:
-    """Room to cut one frame whose patches are only partly in a sequence."""
-    if patches not in _SCRATCH:
-        _SCRATCH[patches] = np.empty((1, patches, PATCH_SIZE, PATCH_SIZE, MAX_CHANNELS), np.uint8)
-    return _SCRATCH[patches]

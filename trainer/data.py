@@ -17,17 +17,24 @@ What a batch holds (the contract with trainer/model.py), B sequences of L tokens
     attention_mask   bool  (B, L)  True on real tokens; padding only at the end
     local_positions  int64 (B, L)  position inside the timestep's observation; -1 on separator/action/pad
     is_image         bool  (B, L)  True where the token is an image patch
-    num_patches      int64 (B,)    patches of each sequence (is_image.sum(1))
-    patches          uint8 (N, 16, 16, 4)  pixels of the N image tokens in is_image order (row-major
-                                   over B, L), channels last and zero-padded to 4; the model scales
-                                   them to [-1, 1] / 4 on its device (trainer.patches.normalize_patches)
-    patch_channels   uint8 (N,)    real channels of each patch
-    patch_rows       float32 (N, 2)  normalized [start, end) row interval of each patch
+    num_patches      int64 (B,)    image tokens of each sequence (is_image.sum(1))
+    frames           uint8 (bytes,)  the pixels of every frame the image tokens come from, as stored:
+                                   sequence by sequence, frame by frame (H, W, C) row-major
+    image_shapes     int64 (B, 3)  (H, W, C) of each sequence's frames (0 0 0 without images)
+    num_frames       int64 (B,)    frames of each sequence
+    frame_patches    int64 (F,)    how many patches of each frame (raster order) are tokens: all of
+                                   them except in a sequence's final timestep when L cuts it
+    patch_rows       float32 (N, 2)  normalized [start, end) row interval of each of the N patches
     patch_cols       float32 (N, 2)  normalized [start, end) column interval
 
-Patches are packed (no padding slots): N varies from batch to batch. Iterating GatoDataset
-without a batch size gives single sequences, the (B, ...) keys without B and the patch keys
-of that sequence; ``collate_sequences`` batches them (a DataLoader's ``collate_fn``).
+The model cuts the frames into 16x16 patches (padding to a multiple of 16 with black) and
+scales them to [-1, 1] / 4 on its device: ``trainer.patches.frames_to_patches`` gives the
+(N, 4, 16, 16) floats in is_image order (row-major over B, L); trainer.model.real_patches
+calls it. Shipping frames as stored makes a batch's pixels one memcpy per piece of a sequence.
+
+N, F and the bytes vary from batch to batch (no padding slots). Iterating GatoDataset
+without a batch size gives single sequences, the (B, ...) keys without B and the frame and
+patch keys of that sequence; ``collate_sequences`` batches them (a DataLoader's ``collate_fn``).
 
 With ``observation_targets=True`` (JAT's kappa, Dynalang's next-observation prediction) two
 more keys come along: ``obs_targets`` int64 (B, L) (the token ids) and ``obs_target_mask`` bool
@@ -43,7 +50,7 @@ Sampling (trainer/sequences.py has the details): tasks are drawn with the mixtur
 ranks x workers per epoch so no window is served twice in an epoch; sequences are L tokens
 starting on a timestep, packed across episodes, 25% with a prompt; a shuffle buffer mixes
 them. A batch is written from its plans in one go (trainer/assembly.py), in a worker straight
-into a shared-memory slot (trainer/ring.py). The loader's state is how many sequences each
+into shared memory (trainer/ring.py). The loader's state is how many sequences each
 worker has handed over: resuming replays the plans (no pixels read) and continues with the
 very same sequences.
 """
@@ -70,14 +77,18 @@ from trainer.assembly import CompactLayout, expand, host_buffer, write_batch
 from trainer.catalog import Catalog
 from trainer.mixture import parse_weight_args, task_weights
 from trainer.ring import BatchRing
-from trainer.sequences import SamplerSettings, ShardSampler, max_patches_per_sequence
+from trainer.sequences import SamplerSettings, ShardSampler, max_frames_per_sequence, max_patches_per_sequence
 from trainer.text_tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 2
-PREFETCH_BATCHES = 8
-
+BUNDLE_BATCHES, BUNDLE_BYTES = 16, 4 << 20
+"""a worker sends its batches in messages of up to this many batches or bytes (one batch at least)"""
+RING_MESSAGES = 3
+"""each worker's shared-memory arena holds this many of the largest messages (sent, in flight, held)"""
+RING_MIN_BYTES, RING_MAX_BYTES = 16 << 20, 512 << 20
+"""bounds on an arena; a batch bigger than the arena travels as a torch shared tensor"""
 
 @dataclass
 class DataConfig:
@@ -167,6 +178,7 @@ class GatoDataset(IterableDataset):
         domains = {task: self.catalog.domain_of(task) for task in self.catalog.task_names}
         self.weights = task_weights(domains, config.weights_spec())
         self.max_patches = max_patches_per_sequence(self.catalog, config.sequence_length)
+        self.max_frames = max_frames_per_sequence(self.catalog, config.sequence_length)
         self.settings = SamplerSettings(
             sequence_length=config.sequence_length, prompt_probability=config.prompt_probability,
             prompt_end_probability=config.prompt_end_probability, prompt_fraction=config.prompt_fraction,
@@ -209,34 +221,48 @@ class GatoDataset(IterableDataset):
                     self._real_tokens += sum(plan.num_tokens for plan in plans)
                     self._total_tokens += self.config.sequence_length * len(plans)
                 if info is not None and self.compact and self.batch_size is not None:
-                    yield self._send(plans, sampler, worker)
+                    yield self._bundle(plans, iterator, sampler, worker)
                     continue
                 held = []
                 layout = write_batch(plans, sampler, lambda nbytes: held.append(host_buffer(nbytes)) or held[0])
                 # in a worker the tensors go out in one shared segment, so nothing may alias the buffer
                 batch = expand(layout.views(held[0]), self.config.observation_targets,
-                               copy_patches=info is not None, shared=info is not None)
+                               copy_frames=info is not None, shared=info is not None)
                 yield batch if self.batch_size is not None else _unbatch(batch)
         finally:
             self.catalog.stop_read_ahead()
 
+    def _bundle(self, plans: list, iterator: Iterator, sampler: ShardSampler, worker: int) -> dict:
+        """One message of several batches (``plans`` and the next ones, up to BUNDLE_BATCHES or
+        BUNDLE_BYTES): every message costs thread wake-ups on both sides, which on a busy
+        machine take longer than making a small batch."""
+        items = [self._send(plans, sampler, worker)]
+        nbytes = CompactLayout(*items[0]["compact"]).nbytes
+        while len(items) < BUNDLE_BATCHES and nbytes < BUNDLE_BYTES:
+            plans = list(itertools.islice(iterator, self.batch_size))
+            if not plans:
+                break
+            items.append(self._send(plans, sampler, worker))
+            nbytes += CompactLayout(*items[-1]["compact"]).nbytes
+        return {"bundle": items}
+
     def _send(self, plans: list, sampler: ShardSampler, worker: int) -> dict:
-        """Write a batch where the main process can take it: a ring slot (the message is its
-        number) or, when there is no ring or the batch does not fit a slot, a shared tensor."""
+        """Write a batch where the main process can take it: the worker's ring arena (the message
+        says where) or, when there is no ring or no room in it, a torch shared tensor."""
         ring, where = self.ring, {}
 
         def buffer_for(nbytes: int) -> np.ndarray:
-            if ring is not None and nbytes <= ring.slot_bytes:
-                slot, buffer = ring.acquire(worker)
-                where["slot"] = slot
+            taken = ring.acquire(worker, nbytes) if ring is not None else None
+            if taken is not None:
+                where["ticket"], where["offset"], buffer = taken
                 return buffer
             where["tensor"] = torch.empty((0,), dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(max(nbytes, 1)))
             return where["tensor"].numpy()
 
         layout = write_batch(plans, sampler, buffer_for)
-        message = {"compact": (layout.size, layout.length, layout.patches, layout.provenance)}
-        if "slot" in where:
-            message["ring"] = (worker, where["slot"])
+        message = {"compact": dataclasses.astuple(layout)}
+        if "ticket" in where:
+            message["ring"] = (worker, where["ticket"], where["offset"])
         else:
             message["buffer"] = where["tensor"]
         return message
@@ -245,12 +271,12 @@ class GatoDataset(IterableDataset):
         """A worker's message (``_send``) -> the contract's tensors, in the main process."""
         layout = CompactLayout(*message["compact"])
         if "ring" in message:
-            worker, slot = message["ring"]
-            try:
-                return expand(layout.views(ring.view(worker, slot)), self.config.observation_targets)
-            finally:
-                ring.release(worker, slot)
-        return expand(layout.views(message["buffer"].numpy()), self.config.observation_targets, copy_patches=False)
+            worker, ticket, offset = message["ring"]
+            views = layout.views(ring.view(worker, offset, layout.nbytes))
+            batch = expand(views, self.config.observation_targets, copy_frames=False)
+            ring.lend(views["frames"], worker, ticket)  # its bytes are free again when the frames are
+            return batch
+        return expand(layout.views(message["buffer"].numpy()), self.config.observation_targets, copy_frames=False)
 
     # -------------------------------------------------------------- state
 
@@ -295,11 +321,9 @@ class SequenceLoader:
     """A torch DataLoader over GatoDataset that knows how many sequences each worker handed
     over, so ``state_dict()`` / ``load_state_dict()`` resume exactly, and that measures padding.
     Batches come from workers in turn (the DataLoader's in-order mode), which is what lets the
-    count per worker be known from the batches seen. Workers write their batches into a
-    shared-memory ring (trainer/ring.py) made for each pass."""
-
-    RING_SLOT_LIMIT = 256 << 20
-    """bytes per ring slot at most; a bigger batch travels as a shared tensor"""
+    count per worker be known from the batches seen (a worker's message holds several
+    batches). Workers write their batches into a shared-memory ring (trainer/ring.py) made
+    for each pass."""
 
     def __init__(self, dataset: GatoDataset, batch_size: int, num_workers: int = 0, **loader_kwargs) -> None:
         self.dataset = dataset
@@ -321,15 +345,15 @@ class SequenceLoader:
                                 persistent_workers=False, in_order=True, **self.loader_kwargs)
             turn = 0
             workers = len(self.consumed)
-            for batch in loader:
-                if "compact" in batch:  # a worker's message
-                    batch = self.dataset.receive(batch, ring)
-                size = len(batch["tokens"])
-                self.consumed[turn % workers] += size
+            for message in loader:
+                worker = turn % workers
                 turn += 1
-                self.real_tokens += int(batch["attention_mask"].sum())
-                self.total_tokens += batch["attention_mask"].numel()
-                yield batch
+                for item in message["bundle"] if "bundle" in message else [message]:  # a worker's message
+                    batch = self.dataset.receive(item, ring) if "compact" in item else item
+                    self.consumed[worker] += len(batch["tokens"])
+                    self.real_tokens += int(batch["attention_mask"].sum())
+                    self.total_tokens += batch["attention_mask"].numel()
+                    yield batch
         finally:
             self.dataset.ring = None
 
@@ -342,9 +366,9 @@ class SequenceLoader:
             return None
         dataset = self.dataset
         most = CompactLayout.max_bytes(self.batch_size, dataset.config.sequence_length, dataset.max_patches,
-                                       dataset.config.provenance)
-        slots = int(self.loader_kwargs.get("prefetch_factor") or 2) + 2  # in flight + being copied out
-        return BatchRing(self.num_workers, slots, min(most, self.RING_SLOT_LIMIT))
+                                       *dataset.max_frames, dataset.config.provenance)
+        arena = RING_MESSAGES * (most + BUNDLE_BYTES)
+        return BatchRing(self.num_workers, min(max(arena, RING_MIN_BYTES), RING_MAX_BYTES))
 
     def __len__(self) -> int:
         raise TypeError("a streaming loader has no length")
@@ -370,17 +394,16 @@ def make_loader(config: DataConfig, batch_size: int, num_workers: int = 0, rank:
     """The loader a training loop uses: batches of the contract's tensors, resumable."""
     dataset = GatoDataset(config, rank, world_size, batch_size=batch_size)
     dataset.compact = num_workers > 0  # workers send compact batches; see GatoDataset._send
-    if num_workers > 0:  # batches take ~1 ms to make: let workers run ahead of the queues' latency
-        loader_kwargs.setdefault("prefetch_factor", PREFETCH_BATCHES)
     return SequenceLoader(dataset, batch_size, num_workers, **loader_kwargs)
 
 
-PER_PATCH_KEYS = ("patches", "patch_channels", "patch_rows", "patch_cols")
+PER_PATCH_KEYS = ("frames", "frame_patches", "patch_rows", "patch_cols")
+"""keys whose first dimension runs over the batch's patches, frames or pixel bytes, not its sequences"""
 
 
 def collate_sequences(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Single sequences (GatoDataset without batch_size) -> one batch: per-token keys stacked,
-    the patches of all sequences back to back (use as a DataLoader's ``collate_fn``)."""
+    """Single sequences (GatoDataset without batch_size) -> one batch: per-sequence keys stacked,
+    the frames and patch keys of all sequences back to back (use as a DataLoader's ``collate_fn``)."""
     return {key: torch.cat([s[key] for s in samples]) if key in PER_PATCH_KEYS else torch.stack([s[key] for s in samples])
             for key in samples[0]}
 

@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-from trainer.patches import normalize_patches
+from trainer.patches import frames_to_patches
 from trainer.tokenizer import CONTINUOUS_BINS, CONTINUOUS_OFFSET, MAX_CHANNELS, MAX_LOCAL_POSITIONS, VOCAB_SIZE
 
 log = logging.getLogger(__name__)
@@ -450,9 +450,9 @@ def smooth_bin_code(bins: int, width: int, std: float = 0.02, seed: int = 0) -> 
 
 def real_patches(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The batch's patches as model input (N, C_max, 16, 16) float32 in [-1, 1] / 4 and their
-    intervals (N, 2), row-major like is_image. The loader ships uint8 pixels (N, 16, 16, C_max);
-    they are scaled here, on the batch's device."""
-    patches = normalize_patches(batch["patches"], batch["patch_channels"])
+    intervals (N, 2), row-major like is_image. The loader ships the uint8 frames; they are cut
+    and scaled here, on the batch's device."""
+    patches = frames_to_patches(batch["frames"], batch["image_shapes"], batch["num_frames"], batch["frame_patches"])
     return patches, batch["patch_rows"], batch["patch_cols"]
 
 

@@ -1,15 +1,17 @@
 """Gato's image tokens: non-overlapping 16x16 patches in raster order.
 
-    from trainer.patches import cut_patches, image_to_patches, normalize_patches
+    from trainer.patches import cut_patches, frames_to_patches, image_to_patches, normalize_patches
     pixels = cut_patches(frames)                          # (T, H, W, C) uint8 -> (T, P, 16, 16, C) uint8
     model_input = normalize_patches(torch.from_numpy(pixels.reshape(-1, 16, 16, C)))  # (N, 4, 16, 16) float32
+    model_input = frames_to_patches(batch["frames"], batch["image_shapes"], batch["num_frames"],
+                                    batch["frame_patches"])   # a loader batch, on its device
     patches, rows, cols = image_to_patches(frame)         # one (H, W, C) frame, model input + intervals
 
-Pixels travel as uint8, channels last, as the frames store them (a quarter of the float32
-bytes, and cutting them is a copy of 16 * C contiguous bytes at a time); the model turns them
-into its input on the device with ``normalize_patches``: scaled to [-1, 1] and divided by
-sqrt(16) = 4, so a value lies in [-0.25, 0.25], channels first and zero-padded to
-MAX_CHANNELS. Stacked frames (Atari's 84x84x4) are channels. An image whose height or width
+The loader ships frames as stored (uint8, a memcpy each); the model cuts them into patches
+and scales them on its device (``frames_to_patches``); deployment cuts on the host
+(``cut_patches``, channels last) and scales with the same ``normalize_patches``: to [-1, 1]
+and divided by sqrt(16) = 4, so a value lies in [-0.25, 0.25], channels first and
+zero-padded to MAX_CHANNELS. Stacked frames (Atari's 84x84x4) are channels. An image whose height or width
 is not a multiple of 16 is padded at the bottom and right with black pixels (value 0, i.e.
 -0.25 after scaling) up to the next multiple; the row/column intervals are fractions of the
 *padded* image, so the model sees one consistent geometry (84x84 -> 96x96, 6x6 patches).
@@ -85,6 +87,33 @@ def normalize_patches(pixels, channels=None):
         keep = torch.arange(MAX_CHANNELS, device=x.device) < torch.as_tensor(channels, device=x.device).reshape(-1, 1)
         out.mul_(keep[:, :, None, None])
     return out.numpy() if as_numpy else out
+
+
+def frames_to_patches(frames, image_shapes, num_frames, frame_patches):
+    """A loader batch's frames -> the model's input for its N image tokens, float32 (N,
+    MAX_CHANNELS, 16, 16) in is_image order, on the frames' device: each sequence's frames
+    (``num_frames`` (B,) of shape ``image_shapes`` (B, 3), back to back in the flat uint8
+    ``frames``) cut into patches in raster order, of which the first ``frame_patches`` (F,)
+    of each frame are tokens (all of them but in a sequence's last, cut timestep), scaled by
+    ``normalize_patches``. The same pixels as ``cut_patches`` gives on the host."""
+    import torch
+
+    pieces, offset, first = [], 0, 0
+    for (h, w, c), count in zip(image_shapes.tolist(), num_frames.tolist()):
+        if not count:
+            continue
+        pixels = frames[offset:offset + count * h * w * c].view(count, h, w, c)
+        offset += count * h * w * c
+        grid_h, grid_w = padded_size(h) // PATCH_SIZE, padded_size(w) // PATCH_SIZE
+        if (grid_h * PATCH_SIZE, grid_w * PATCH_SIZE) != (h, w):  # black border, bottom and right
+            pixels = torch.nn.functional.pad(pixels, (0, 0, 0, grid_w * PATCH_SIZE - w, 0, grid_h * PATCH_SIZE - h))
+        patches = pixels.reshape(count, grid_h, PATCH_SIZE, grid_w, PATCH_SIZE, c).permute(0, 1, 3, 2, 4, 5)
+        keep = torch.arange(grid_h * grid_w, device=frames.device) < frame_patches[first:first + count, None]
+        pieces.append(normalize_patches(patches.reshape(count, grid_h * grid_w, PATCH_SIZE, PATCH_SIZE, c)[keep]))
+        first += count
+    if not pieces:
+        return torch.zeros((0, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), dtype=torch.float32, device=frames.device)
+    return torch.cat(pieces)
 
 
 def image_to_patches(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

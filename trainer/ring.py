@@ -1,72 +1,91 @@
-"""Shared-memory slots that DataLoader workers write compact batches into.
+"""Shared memory that DataLoader workers write compact batches into.
 
-    ring = BatchRing(workers=2, slots=4, slot_bytes=CompactLayout.max_bytes(...))  # before the workers fork
-    slot, buffer = ring.acquire(worker)       # in worker ``worker``: waits for a free slot
-    ...write the batch into buffer, send (worker, slot) to the main process...
-    ring.view(worker, slot); ring.release(worker, slot)   # in the main process, after copying out
+    ring = BatchRing(workers=2, arena_bytes=64 << 20)   # before the DataLoader forks its workers
+    ticket, offset, buffer = ring.acquire(worker, nbytes)  # in worker ``worker``; None when full
+    ...write the batch into buffer, send (worker, ticket, offset, nbytes) to the main process...
+    ring.view(worker, offset, nbytes); ring.release(worker, ticket)   # in the main process
 
 Why: torch sends every tensor a worker yields as a fresh shared-memory segment whose file
 descriptor travels through a socket; here that costs ~2 ms per MB of batch, more than
-building the batch. The ring is one anonymous shared mapping made before the DataLoader
-forks its workers, so a batch crosses as a few bytes of slot number and its pages stay
-warm from lap to lap. A slot is free again once the main process has copied the batch out
-(a flag byte per slot in the same mapping), so a consumer that keeps batches is safe.
-Needs the fork start method (workers inherit the mapping); otherwise the loader falls back
-to torch's own transport.
+building the batch, and every fresh page faults on both sides. The ring is one anonymous
+shared mapping made before the DataLoader forks, with an arena per worker that batches are
+written into back to back, wrapping around: a batch crosses as a few numbers, and the
+arena's pages are touched once and reused lap after lap (so it is kept small: a few
+batches). The main process copies the small arrays out and lends the patches in place
+(``lend``): a batch's bytes are free again (a flag byte per ticket in the same mapping) once
+its patch tensor is garbage. A worker that finds no room for a while (a consumer keeps many
+batches) sends that batch another way, so holding batches is safe. Needs the fork start
+method (workers inherit the mapping); otherwise the loader uses torch's own transport.
 """
 
 from __future__ import annotations
 
 import mmap
 import time
+import weakref
 
 import numpy as np
 
-HEADER = 4096
+TICKETS = 256
+"""batches of one worker that can be out (written, not yet released) at once"""
+ALIGN = 4096
 FREE, FULL = 0, 1
 
 
 class BatchRing:
-    """``slots`` buffers of ``slot_bytes`` for each of ``workers`` workers, plus their flags."""
+    """An arena of ``arena_bytes`` per worker, plus each worker's ticket flags."""
 
-    def __init__(self, workers: int, slots: int, slot_bytes: int) -> None:
-        if workers * slots > HEADER:
-            raise ValueError(f"{workers} workers x {slots} slots: at most {HEADER} slots")
-        self.workers, self.slots = workers, slots
-        self.slot_bytes = -(-slot_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
-        self._map = mmap.mmap(-1, HEADER + workers * slots * self.slot_bytes)  # MAP_SHARED | MAP_ANONYMOUS
+    def __init__(self, workers: int, arena_bytes: int) -> None:
+        self.workers = workers
+        self.arena_bytes = -(-arena_bytes // ALIGN) * ALIGN
+        header = -(-workers * TICKETS // ALIGN) * ALIGN
+        self._map = mmap.mmap(-1, header + workers * self.arena_bytes)  # MAP_SHARED | MAP_ANONYMOUS
         self.memory = np.frombuffer(self._map, np.uint8)
-        self.flags = self.memory[:workers * slots].reshape(workers, slots)
-        self._next = [0] * workers
+        self.flags = self.memory[:workers * TICKETS].reshape(workers, TICKETS)
+        self.arenas = self.memory[header:].reshape(workers, self.arena_bytes)
+        self._head = [0] * workers
+        self._out: list[dict[int, tuple[int, int]]] = [{} for _ in range(workers)]  # worker side: ticket -> (start, end)
+        self._tickets = [0] * workers
 
-    def acquire(self, worker: int, timeout: float | None = None) -> tuple[int, np.ndarray]:
-        """The next slot of ``worker`` once the main process has released it."""
-        slot = self._next[worker]
-        self._next[worker] = (slot + 1) % self.slots
+    def acquire(self, worker: int, nbytes: int, timeout: float = 0.05) -> tuple[int, int, np.ndarray] | None:
+        """Room for ``nbytes`` in ``worker``'s arena: (ticket, offset, buffer), or None when the
+        batch cannot fit or no room frees up within ``timeout`` seconds."""
+        size = max(ALIGN, -(-nbytes // ALIGN) * ALIGN)
+        if size > self.arena_bytes:
+            return None
+        start = self._head[worker] if self._head[worker] + size <= self.arena_bytes else 0
         waited, pause = 0.0, 1e-5
-        while self.flags[worker, slot] != FREE:
-            if timeout is not None and waited > timeout:
-                raise TimeoutError(f"slot {slot} of worker {worker} was not released within {timeout} s")
+        while True:
+            out = self._out[worker]
+            for ticket in [t for t in out if self.flags[worker, t] == FREE]:
+                del out[ticket]
+            busy = any(lo < start + size and start < hi for lo, hi in out.values())
+            if not busy and len(out) < TICKETS:
+                break
+            if waited > timeout:
+                return None
             time.sleep(pause)
             waited += pause
             pause = min(pause * 2, 1e-3)
-        self.flags[worker, slot] = FULL
-        return slot, self.view(worker, slot)
+        ticket = self._tickets[worker]
+        while ticket in out:
+            ticket = (ticket + 1) % TICKETS
+        self._tickets[worker] = (ticket + 1) % TICKETS
+        out[ticket] = (start, start + size)
+        self.flags[worker, ticket] = FULL
+        self._head[worker] = start + size
+        return ticket, start, self.arenas[worker, start:start + nbytes]
 
-    def view(self, worker: int, slot: int) -> np.ndarray:
-        start = HEADER + (worker * self.slots + slot) * self.slot_bytes
-        return self.memory[start:start + self.slot_bytes]
+    def view(self, worker: int, offset: int, nbytes: int) -> np.ndarray:
+        return self.arenas[worker, offset:offset + nbytes]
 
-    def release(self, worker: int, slot: int) -> None:
-        self.flags[worker, slot] = FREE
+    def release(self, worker: int, ticket: int) -> None:
+        self.flags[worker, ticket] = FREE
 
-    def close(self) -> None:
-        """Unmap (every view must be gone; numpy views keep the mapping alive otherwise)."""
-        self.flags = self.memory = None
-        try:
-            self._map.close()
-        except BufferError:  # a view still exists: the mapping goes when it does
-            pass
+    def lend(self, array: np.ndarray, worker: int, ticket: int) -> None:
+        """Release the ticket once ``array`` (a view into its bytes that a batch's tensor wraps)
+        is gone: the main process hands the patches out in place instead of copying them."""
+        weakref.finalize(array, self.release, worker, ticket)
 
     def __getstate__(self) -> dict:
         raise TypeError("a BatchRing is inherited by forked workers, never pickled")

@@ -341,3 +341,15 @@ def max_patches_per_sequence(catalog: Catalog, sequence_length: int) -> int:
         if layout.patches:
             bound = max(bound, sequence_length * layout.patches // layout.min_step_tokens + layout.patches)
     return min(bound, sequence_length)
+
+
+def max_frames_per_sequence(catalog: Catalog, sequence_length: int) -> tuple[int, int]:
+    """Upper bounds on the frames one sequence draws patches from and on their bytes: whole
+    timesteps of s tokens, plus the cut final one and a prompt's own boundary."""
+    frames = frame_bytes = 0
+    for layout in catalog.layouts.values():
+        if layout.patches:
+            count = min(sequence_length // layout.min_step_tokens + 2, sequence_length)
+            frames = max(frames, count)
+            frame_bytes = max(frame_bytes, count * int(np.prod(layout.image_shape)))
+    return frames, frame_bytes

@@ -60,15 +60,21 @@ def synthetic_batch(config: SyntheticBatchConfig) -> dict[str, torch.Tensor]:
     is_image = (kinds == 0) & attention_mask
     loss_mask = (kinds == 3) & attention_mask
     n_patches = int(is_image[0].sum())
-    pixels = torch.randint(0, 256, (B * n_patches, 16, 16, MAX_CHANNELS), generator=g, dtype=torch.uint8)
-    side = max(1, int(round(config.image_patches ** 0.5)))
-    idx = torch.arange(n_patches).repeat(B) % max(1, config.image_patches)
-    rows = torch.stack(((idx // side) / side, (idx // side + 1) / side), -1).clamp(0, 1).float()
-    cols = torch.stack(((idx % side) / side, (idx % side + 1) / side), -1).clamp(0, 1).float()
+    # every timestep's patches come from one frame of 16 x 16n pixels (one row of n patches);
+    # the sequence's last timestep may be cut inside its image
+    n = max(1, config.image_patches)
+    frames_per_row = -(-n_patches // n)
+    frame_patches = torch.full((frames_per_row,), n, dtype=torch.long)
+    if frames_per_row:
+        frame_patches[-1] = n_patches - n * (frames_per_row - 1)
+    frames = torch.randint(0, 256, (B * frames_per_row * 16 * 16 * n * MAX_CHANNELS,), generator=g, dtype=torch.uint8)
+    idx = torch.arange(n_patches).repeat(B) % n
+    rows = torch.tensor([[0.0, 1.0]]).expand(B * n_patches, 2).clone()
+    cols = torch.stack((idx / n, (idx + 1) / n), -1).float()
     return {
         "tokens": tokens, "loss_mask": loss_mask, "attention_mask": attention_mask,
-        "local_positions": local_positions, "is_image": is_image, "patches": pixels,
-        "patch_channels": torch.full((B * n_patches,), MAX_CHANNELS, dtype=torch.uint8),
-        "patch_rows": rows, "patch_cols": cols,
-        "num_patches": torch.full((B,), n_patches, dtype=torch.long),
+        "local_positions": local_positions, "is_image": is_image, "frames": frames,
+        "image_shapes": torch.tensor([[16, 16 * n, MAX_CHANNELS] if n_patches else [0, 0, 0]] * B, dtype=torch.long),
+        "num_frames": torch.full((B,), frames_per_row, dtype=torch.long), "frame_patches": frame_patches.repeat(B),
+        "patch_rows": rows, "patch_cols": cols, "num_patches": torch.full((B,), n_patches, dtype=torch.long),
     }
