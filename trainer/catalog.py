@@ -7,7 +7,8 @@
 A unit is the episodes whose first row lies in one row group of a step file, so reading a
 unit reads one row group (plus the next when its last episode runs over): memory holds a
 few row groups whatever the dataset's size. When a task has too few row groups to give every
-loader shard work, each episode is its own unit.
+loader shard two units, its row groups are cut into parts of consecutive episodes (a part
+reads its row group, which the last few kept decoded row groups usually already hold).
 
 ``start_read_ahead()`` adds one background thread that loads units the sampler says it will
 need next (``read_ahead(task, episodes)``), so Parquet decoding (which releases the GIL)
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 OPEN_FILES = 16
 CACHED_ROW_GROUPS = 8
+UNITS_PER_SHARD = 8
+"""when row groups are too few for two units per loader shard, cut them into this many per shard"""
 _NONE = np.zeros(0, np.int64)
 
 
@@ -186,15 +189,16 @@ class Catalog:
         keys = self.episode_file[episodes] * (1 << 32) + groups
         boundaries = np.flatnonzero(np.diff(keys)) + 1
         units = np.split(episodes, boundaries)
-        if len(units) < 2 * num_shards:
-            units = [episodes[i:i + 1] for i in range(len(episodes))]
+        if len(units) < 2 * num_shards:  # too few row groups for every shard: cut them into parts
+            parts = -(-UNITS_PER_SHARD * num_shards // len(units))
+            units = [part for unit in units for part in np.array_split(unit, min(parts, len(unit))) if len(part)]
         return units
 
     def load_unit(self, task: str, episodes: np.ndarray, full: bool = True) -> UnitTokens:
         """Tokenize a unit's episodes (``full``), or only work out where its timesteps start."""
         if full:
             ahead = self._ahead.pop((task, int(episodes[0])), None)
-            if ahead is not None:
+            if ahead is not None and not ahead.cancel():  # not started yet: load it here, beside the reader
                 return ahead.result()
             return self._load_full(task, episodes)
         return self._load(task, episodes, full=False)

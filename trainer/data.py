@@ -211,6 +211,8 @@ class GatoDataset(IterableDataset):
         group = self.batch_size or 1
         self.catalog.start_read_ahead()
         sampler.read_ahead = self.catalog.read_ahead
+        sampler.read_first_units()
+        bundle = 1  # the first message holds one batch, then they grow: a quick first batch
         try:
             while True:
                 plans = list(itertools.islice(iterator, group))
@@ -221,7 +223,8 @@ class GatoDataset(IterableDataset):
                     self._real_tokens += sum(plan.num_tokens for plan in plans)
                     self._total_tokens += self.config.sequence_length * len(plans)
                 if info is not None and self.compact and self.batch_size is not None:
-                    yield self._bundle(plans, iterator, sampler, worker)
+                    yield self._bundle(plans, iterator, sampler, worker, bundle)
+                    bundle = min(2 * bundle, BUNDLE_BATCHES)
                     continue
                 held = []
                 layout = write_batch(plans, sampler, lambda nbytes: held.append(host_buffer(nbytes)) or held[0])
@@ -232,13 +235,13 @@ class GatoDataset(IterableDataset):
         finally:
             self.catalog.stop_read_ahead()
 
-    def _bundle(self, plans: list, iterator: Iterator, sampler: ShardSampler, worker: int) -> dict:
-        """One message of several batches (``plans`` and the next ones, up to BUNDLE_BATCHES or
+    def _bundle(self, plans: list, iterator: Iterator, sampler: ShardSampler, worker: int, most: int) -> dict:
+        """One message of several batches (``plans`` and the next ones, up to ``most`` or
         BUNDLE_BYTES): every message costs thread wake-ups on both sides, which on a busy
         machine take longer than making a small batch."""
         items = [self._send(plans, sampler, worker)]
         nbytes = CompactLayout(*items[0]["compact"]).nbytes
-        while len(items) < BUNDLE_BATCHES and nbytes < BUNDLE_BYTES:
+        while len(items) < most and nbytes < BUNDLE_BYTES:
             plans = list(itertools.islice(iterator, self.batch_size))
             if not plans:
                 break

@@ -190,6 +190,16 @@ class ShardSampler:
                 break
         self.dry = False
 
+    def read_first_units(self) -> None:
+        """Hint every stream's next unit to the read-ahead, so the first ones load side by side."""
+        if self.read_ahead is None:
+            return
+        for stream in self.streams.values():
+            if not stream.done and stream.position < len(stream.order):
+                unit = stream.order[stream.position]
+                if unit not in stream.pool:
+                    self.read_ahead(stream.task, stream.units[unit])
+
     def full_unit(self, piece: Piece) -> UnitTokens:
         """The piece's unit with its tokens (loaded again when the plan was made dry)."""
         if piece.tokens.steps is not None:
