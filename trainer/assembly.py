@@ -1,17 +1,17 @@
-"""Batches of plans -> one flat compact buffer -> the contract's tensors.
+"""Batches of plans -> the contract's tensors, written in place into one flat buffer.
 
     layout = write_batch(plans, sampler, buffer_for)   # in the process that plans (a worker)
-    batch = expand(layout.views(buffer), observation_targets=False)   # where the batch is used
+    batch = as_tensors(layout.views(buffer))           # where the batch is used: no copy
 
-The compact form is what crosses from a DataLoader worker to the training process: every
-array of a batch in one byte buffer (shared memory, see trainer/ring.py), in the smallest
-dtypes (int32 ids, int16 positions) and without what can be derived (attention and image
-masks). ``write_batch`` fills it with one slice copy per piece of a plan and array; image
-frames are copied as stored (a memcpy each: cutting them into 16x16 patches, a strided copy
-at a third of memcpy's speed, is left to the model on its device, like the pixel scaling).
-``expand`` widens it to the contract's dtypes (trainer/data.py lists the keys) with a few
-whole-batch numpy calls. Every byte of the layout is written, so a buffer can be reused
-without clearing it.
+Every array of a batch (trainer/data.py lists the keys) lives in one byte buffer: in a
+DataLoader worker that is shared memory (trainer/ring.py), so the training process wraps
+the arrays as tensors where they are instead of receiving or converting anything.
+``write_batch`` fills the buffer with one slice copy per piece of a plan and array (the
+units' int32 ids and int16 positions widen to int64 on the way) and a few whole-batch numpy
+calls for the masks; image frames are copied as stored, a memcpy each (cutting them into
+16x16 patches, a strided copy at a third of memcpy's speed, is left to the model on its
+device, like the pixel scaling). Every byte of the layout is written, so a buffer can be
+reused without clearing it.
 """
 
 from __future__ import annotations
@@ -28,41 +28,48 @@ import torch
 from trainer.patches import patch_intervals
 from trainer.tokenizer import IMAGE_PLACEHOLDER, PAD
 
+
 @dataclass(frozen=True)
-class CompactLayout:
-    """Where each array of a compact batch lives in one byte buffer: ``size`` sequences of
-    ``length`` tokens with ``patches`` image tokens cut from ``frames`` frames of
-    ``frame_bytes`` pixels in all."""
+class BatchLayout:
+    """Where each array of a batch lives in one byte buffer: ``size`` sequences of ``length``
+    tokens with ``patches`` image tokens cut from ``frames`` frames of ``frame_bytes`` pixels."""
 
     size: int
     length: int
     patches: int
     frames: int
     frame_bytes: int
+    observation_targets: bool = False
     provenance: bool = False
 
     @property
     def fields(self) -> dict[str, tuple[int, tuple[int, ...], np.dtype]]:
-        return _compact_fields(self.size, self.length, self.patches, self.frames, self.frame_bytes, self.provenance)[0]
+        return _fields(*self.key())[0]
 
     @property
     def nbytes(self) -> int:
-        return _compact_fields(self.size, self.length, self.patches, self.frames, self.frame_bytes, self.provenance)[1]
+        return _fields(*self.key())[1]
+
+    def key(self) -> tuple:
+        return (self.size, self.length, self.patches, self.frames, self.frame_bytes, self.observation_targets,
+                self.provenance)
 
     def views(self, buffer: np.ndarray) -> dict[str, np.ndarray]:
-        """Numpy views of the arrays inside ``buffer`` (uint8, at least ``nbytes``)."""
-        return _views(self.fields, buffer)
+        """Numpy views of the arrays inside ``buffer`` (uint8, at least ``nbytes``; each view's
+        base is ``buffer``, so the buffer lives as long as any of them)."""
+        return {key: np.ndarray(shape, dtype, buffer, offset) for key, (offset, shape, dtype) in self.fields.items()}
 
     @staticmethod
     def max_bytes(size: int, length: int, patches_per_sequence: int, frames_per_sequence: int,
-                  frame_bytes_per_sequence: int, provenance: bool = False) -> int:
-        """The largest compact batch of these sizes (what shared memory must hold for it)."""
-        return CompactLayout(size, length, size * patches_per_sequence, size * frames_per_sequence,
-                             size * frame_bytes_per_sequence, provenance).nbytes
+                  frame_bytes_per_sequence: int, observation_targets: bool = False, provenance: bool = False) -> int:
+        """The largest batch of these sizes (what shared memory must hold for it)."""
+        return BatchLayout(size, length, size * patches_per_sequence, size * frames_per_sequence,
+                           size * frame_bytes_per_sequence, observation_targets, provenance).nbytes
 
 
-def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray]) -> CompactLayout:
-    """Write ``plans`` (trainer.sequences.Plan) as one compact batch into ``buffer_for(nbytes)``."""
+def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray],
+                observation_targets: bool = False) -> BatchLayout:
+    """Write ``plans`` (trainer.sequences.Plan) as one batch into ``buffer_for(nbytes)``."""
     catalog = sampler.catalog
     length = sampler.settings.sequence_length
     jobs = []  # (row, column, piece, unit, step layout, first step, whole steps, patches of the cut step)
@@ -85,11 +92,12 @@ def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray]) -
             jobs.append((row, column, piece, unit, layout, first, whole, cut))
             column += piece.end - piece.start
             patches += whole * layout.patches + cut
-    compact = CompactLayout(len(plans), length, patches, frames, frame_bytes, sampler.settings.provenance)
-    out = compact.views(buffer_for(compact.nbytes))
+    batch = BatchLayout(len(plans), length, patches, frames, frame_bytes, observation_targets,
+                        sampler.settings.provenance)
+    out = batch.views(buffer_for(batch.nbytes))
     tokens, local, loss = out["tokens"], out["local_positions"], out["loss_mask"]
     pixels, frame_patches, rows, cols = out["frames"], out["frame_patches"], out["patch_rows"], out["patch_cols"]
-    lengths, counts, shapes, row_frames = out["lengths"], out["num_patches"], out["image_shapes"], out["num_frames"]
+    counts, shapes, row_frames = out["num_patches"], out["image_shapes"], out["num_frames"]
     counts[:] = 0
     shapes[:] = 0
     row_frames[:] = 0
@@ -117,62 +125,41 @@ def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray]) -
         cols[at:at + count] = grid_cols
         counts[row] += count
         at += count
-    for row, plan in enumerate(plans):
-        n = plan.num_tokens
-        lengths[row] = n
+    lengths = np.array([plan.num_tokens for plan in plans])
+    for row, n in enumerate(lengths.tolist()):
         if n < length:
             tokens[row, n:] = PAD
             local[row, n:] = -1
             loss[row, n:] = False
-        out["prompt_kind"][row] = plan.prompt_kind
-    if compact.provenance:
-        _write_provenance(plans, jobs, out)
-    return compact
-
-
-def expand(compact: dict[str, np.ndarray], observation_targets: bool = False,
-           copy_frames: bool = True, shared: bool = False) -> dict[str, torch.Tensor]:
-    """A compact batch's views -> the contract's tensors, all in one fresh or recycled host
-    buffer (``shared``: one torch shared-memory segment, for a worker to send). With
-    ``copy_frames=False`` the frames alias the compact buffer (when that is not reused)."""
-    size, length = compact["tokens"].shape
-    patches, frames = len(compact["patch_rows"]), len(compact["frame_patches"])
-    specs = [("tokens", (size, length), np.int64), ("local_positions", (size, length), np.int64),
-             ("num_patches", (size,), np.int64), ("image_shapes", (size, 3), np.int64), ("num_frames", (size,), np.int64),
-             ("frame_patches", (frames,), np.int64), ("loss_mask", (size, length), np.bool_),
-             ("attention_mask", (size, length), np.bool_), ("is_image", (size, length), np.bool_),
-             ("patch_rows", (patches, 2), np.float32), ("patch_cols", (patches, 2), np.float32)]
-    if copy_frames:
-        specs.append(("frames", compact["frames"].shape, np.uint8))
+    np.less(np.arange(length), lengths[:, None], out=out["attention_mask"])
+    np.equal(tokens, IMAGE_PLACEHOLDER, out=out["is_image"])
     if observation_targets:
-        specs += [("obs_targets", (size, length), np.int64), ("obs_target_mask", (size, length), np.bool_)]
-    if "token_episode" in compact:
-        specs += [("token_episode", (size, length), np.int64), ("token_offset", (size, length), np.int64),
-                  ("is_prompt", (size, length), np.bool_), ("prompt_kind", (size,), np.int64)]
-    fields, nbytes = _pack(tuple(specs))
-    if shared:
-        storage = torch.UntypedStorage._new_shared(max(nbytes, 1))
-        tensors = {key: torch.empty((0,), dtype=_TORCH[np.dtype(d)]).set_(storage, o // np.dtype(d).itemsize, s)
-                   for key, (o, s, d) in fields.items()}
-        out = {key: tensor.numpy() for key, tensor in tensors.items()}
-    else:
-        out = _views(fields, host_buffer(nbytes))
-    for key in ("tokens", "local_positions", "num_patches", "image_shapes", "num_frames", "frame_patches", "loss_mask",
-                "patch_rows", "patch_cols", "frames", "token_episode", "token_offset", "is_prompt", "prompt_kind"):
-        if key in out:
-            out[key][...] = compact[key]
-    np.less(np.arange(length), compact["lengths"][:, None], out=out["attention_mask"])
-    np.equal(compact["tokens"], IMAGE_PLACEHOLDER, out=out["is_image"])
-    if observation_targets:
-        out["obs_targets"][...] = out["tokens"]
+        out["obs_targets"][...] = tokens
         target = out["obs_target_mask"]
-        np.greater_equal(compact["local_positions"], 0, out=target)
-        target &= ~compact["loss_mask"]  # observation tokens that are not text
+        np.greater_equal(local, 0, out=target)
+        target &= ~loss  # observation tokens that are not text
         target[:, 0] = False
-    batch = tensors if shared else {key: torch.from_numpy(value) for key, value in out.items()}
-    if not copy_frames:
-        batch["frames"] = torch.from_numpy(compact["frames"])
+    if batch.provenance:
+        out["prompt_kind"][:] = [plan.prompt_kind for plan in plans]
+        _write_provenance(plans, jobs, out)
     return batch
+
+
+def as_tensors(views: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """A batch's arrays as tensors over the same memory."""
+    return {key: torch.from_numpy(value) for key, value in views.items()}
+
+
+def shared_buffer(nbytes: int) -> tuple[torch.UntypedStorage, np.ndarray]:
+    """A fresh torch shared-memory segment and a numpy view of it (to write a batch into)."""
+    storage = torch.UntypedStorage._new_shared(max(nbytes, 1))
+    return storage, torch.empty((0,), dtype=torch.uint8).set_(storage, 0, (max(nbytes, 1),)).numpy()
+
+
+def carve(layout: BatchLayout, storage: torch.UntypedStorage) -> dict[str, torch.Tensor]:
+    """The batch's tensors as views of a torch storage (so a worker sends them as one segment)."""
+    return {key: torch.empty((0,), dtype=_TORCH[dtype]).set_(storage, offset // dtype.itemsize, shape)
+            for key, (offset, shape, dtype) in layout.fields.items()}
 
 
 def host_buffer(size: int) -> np.ndarray:
@@ -212,20 +199,21 @@ def _pack(specs: tuple) -> tuple[dict[str, tuple[int, tuple[int, ...], np.dtype]
     return fields, total
 
 
-def _compact_fields(size: int, length: int, patches: int, frames: int, frame_bytes: int, provenance: bool):
+@functools.lru_cache(maxsize=1024)
+def _fields(size: int, length: int, patches: int, frames: int, frame_bytes: int, observation_targets: bool,
+            provenance: bool):
     b, l = size, length
-    specs = (("tokens", (b, l), np.int32), ("local_positions", (b, l), np.int16), ("loss_mask", (b, l), np.bool_),
-             ("lengths", (b,), np.int32), ("num_patches", (b,), np.int32), ("prompt_kind", (b,), np.int8),
-             ("image_shapes", (b, 3), np.int32), ("num_frames", (b,), np.int32), ("frame_patches", (frames,), np.int32),
+    specs = (("tokens", (b, l), np.int64), ("local_positions", (b, l), np.int64), ("num_patches", (b,), np.int64),
+             ("image_shapes", (b, 3), np.int64), ("num_frames", (b,), np.int64), ("frame_patches", (frames,), np.int64),
              ("patch_rows", (patches, 2), np.float32), ("patch_cols", (patches, 2), np.float32),
+             ("loss_mask", (b, l), np.bool_), ("attention_mask", (b, l), np.bool_), ("is_image", (b, l), np.bool_),
              ("frames", (frame_bytes,), np.uint8))
+    if observation_targets:
+        specs += (("obs_targets", (b, l), np.int64), ("obs_target_mask", (b, l), np.bool_))
     if provenance:
-        specs += (("token_episode", (b, l), np.int64), ("token_offset", (b, l), np.int64), ("is_prompt", (b, l), np.bool_))
+        specs += (("token_episode", (b, l), np.int64), ("token_offset", (b, l), np.int64), ("is_prompt", (b, l), np.bool_),
+                  ("prompt_kind", (b,), np.int64))
     return _pack(specs)
-
-
-def _views(fields: dict, buffer: np.ndarray) -> dict[str, np.ndarray]:
-    return {key: np.ndarray(shape, dtype, buffer, offset) for key, (offset, shape, dtype) in fields.items()}
 
 
 def _write_provenance(plans: list, jobs: list, out: dict[str, np.ndarray]) -> None:

@@ -73,7 +73,7 @@ import torch
 import tyro
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from trainer.assembly import CompactLayout, expand, host_buffer, write_batch
+from trainer.assembly import BatchLayout, as_tensors, carve, host_buffer, shared_buffer, write_batch
 from trainer.catalog import Catalog
 from trainer.mixture import parse_weight_args, task_weights
 from trainer.ring import BatchRing
@@ -162,7 +162,7 @@ class GatoDataset(IterableDataset):
         config.validate()
         self.config = config
         self.batch_size = batch_size
-        self.compact = False  # workers send compact batches (SequenceLoader expands them)
+        self.compact = False  # workers send batch messages (SequenceLoader receives them)
         self.ring: BatchRing | None = None  # set by SequenceLoader around an iteration with workers
         if rank is None or world_size is None:
             rank, world_size = _distributed_rank()
@@ -226,11 +226,15 @@ class GatoDataset(IterableDataset):
                     yield self._bundle(plans, iterator, sampler, worker, bundle)
                     bundle = min(2 * bundle, BUNDLE_BATCHES)
                     continue
-                held = []
-                layout = write_batch(plans, sampler, lambda nbytes: held.append(host_buffer(nbytes)) or held[0])
-                # in a worker the tensors go out in one shared segment, so nothing may alias the buffer
-                batch = expand(layout.views(held[0]), self.config.observation_targets,
-                               copy_frames=info is not None, shared=info is not None)
+                targets = self.config.observation_targets
+                if info is None:
+                    held = []
+                    layout = write_batch(plans, sampler, lambda n: held.append(host_buffer(n)) or held[0], targets)
+                    batch = as_tensors(layout.views(held[0]))
+                else:  # tensors of one torch shared segment: the DataLoader sends them as one
+                    held = []
+                    layout = write_batch(plans, sampler, lambda n: held.append(shared_buffer(n)) or held[0][1], targets)
+                    batch = carve(layout, held[0][0])
                 yield batch if self.batch_size is not None else _unbatch(batch)
         finally:
             self.catalog.stop_read_ahead()
@@ -240,13 +244,13 @@ class GatoDataset(IterableDataset):
         BUNDLE_BYTES): every message costs thread wake-ups on both sides, which on a busy
         machine take longer than making a small batch."""
         items = [self._send(plans, sampler, worker)]
-        nbytes = CompactLayout(*items[0]["compact"]).nbytes
+        nbytes = BatchLayout(*items[0]["layout"]).nbytes
         while len(items) < most and nbytes < BUNDLE_BYTES:
             plans = list(itertools.islice(iterator, self.batch_size))
             if not plans:
                 break
             items.append(self._send(plans, sampler, worker))
-            nbytes += CompactLayout(*items[-1]["compact"]).nbytes
+            nbytes += BatchLayout(*items[-1]["layout"]).nbytes
         return {"bundle": items}
 
     def _send(self, plans: list, sampler: ShardSampler, worker: int) -> dict:
@@ -259,11 +263,12 @@ class GatoDataset(IterableDataset):
             if taken is not None:
                 where["ticket"], where["offset"], buffer = taken
                 return buffer
-            where["tensor"] = torch.empty((0,), dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(max(nbytes, 1)))
-            return where["tensor"].numpy()
+            storage, buffer = shared_buffer(nbytes)
+            where["tensor"] = torch.empty((0,), dtype=torch.uint8).set_(storage)
+            return buffer
 
-        layout = write_batch(plans, sampler, buffer_for)
-        message = {"compact": dataclasses.astuple(layout)}
+        layout = write_batch(plans, sampler, buffer_for, self.config.observation_targets)
+        message = {"layout": layout.key()}
         if "ticket" in where:
             message["ring"] = (worker, where["ticket"], where["offset"])
         else:
@@ -271,15 +276,15 @@ class GatoDataset(IterableDataset):
         return message
 
     def receive(self, message: dict, ring: BatchRing | None) -> dict[str, torch.Tensor]:
-        """A worker's message (``_send``) -> the contract's tensors, in the main process."""
-        layout = CompactLayout(*message["compact"])
+        """A worker's message (``_send``) -> the contract's tensors, in the main process, over
+        the memory the worker wrote (a ring region is free again once they are all gone)."""
+        layout = BatchLayout(*message["layout"])
         if "ring" in message:
             worker, ticket, offset = message["ring"]
-            views = layout.views(ring.view(worker, offset, layout.nbytes))
-            batch = expand(views, self.config.observation_targets, copy_frames=False)
-            ring.lend(views["frames"], worker, ticket)  # its bytes are free again when the frames are
-            return batch
-        return expand(layout.views(message["buffer"].numpy()), self.config.observation_targets, copy_frames=False)
+            region = ring.view(worker, offset, layout.nbytes)
+            ring.lend(region, worker, ticket)
+            return as_tensors(layout.views(region))
+        return as_tensors(layout.views(message["buffer"].numpy()))
 
     # -------------------------------------------------------------- state
 
@@ -352,7 +357,7 @@ class SequenceLoader:
                 worker = turn % workers
                 turn += 1
                 for item in message["bundle"] if "bundle" in message else [message]:  # a worker's message
-                    batch = self.dataset.receive(item, ring) if "compact" in item else item
+                    batch = self.dataset.receive(item, ring) if "layout" in item else item
                     self.consumed[worker] += len(batch["tokens"])
                     self.real_tokens += int(batch["attention_mask"].sum())
                     self.total_tokens += batch["attention_mask"].numel()
@@ -368,8 +373,8 @@ class SequenceLoader:
         if (method or multiprocessing.get_start_method()) != "fork":
             return None
         dataset = self.dataset
-        most = CompactLayout.max_bytes(self.batch_size, dataset.config.sequence_length, dataset.max_patches,
-                                       *dataset.max_frames, dataset.config.provenance)
+        most = BatchLayout.max_bytes(self.batch_size, dataset.config.sequence_length, dataset.max_patches,
+                                     *dataset.max_frames, dataset.config.observation_targets, dataset.config.provenance)
         arena = RING_MESSAGES * (most + BUNDLE_BYTES)
         return BatchRing(self.num_workers, min(max(arena, RING_MIN_BYTES), RING_MAX_BYTES))
 
@@ -396,7 +401,7 @@ def make_loader(config: DataConfig, batch_size: int, num_workers: int = 0, rank:
                 world_size: int | None = None, **loader_kwargs) -> SequenceLoader:
     """The loader a training loop uses: batches of the contract's tensors, resumable."""
     dataset = GatoDataset(config, rank, world_size, batch_size=batch_size)
-    dataset.compact = num_workers > 0  # workers send compact batches; see GatoDataset._send
+    dataset.compact = num_workers > 0  # workers write batches into shared memory; see GatoDataset._send
     return SequenceLoader(dataset, batch_size, num_workers, **loader_kwargs)
 
 

@@ -11,9 +11,8 @@ building the batch, and every fresh page faults on both sides. The ring is one a
 shared mapping made before the DataLoader forks, with an arena per worker that batches are
 written into back to back, wrapping around: a batch crosses as a few numbers, and the
 arena's pages are touched once and reused lap after lap (so it is kept small: a few
-batches). The main process copies the small arrays out and lends the patches in place
-(``lend``): a batch's bytes are free again (a flag byte per ticket in the same mapping) once
-its patch tensor is garbage. A worker that finds no room for a while (a consumer keeps many
+batches). The main process hands the batch's tensors out in place (``lend``): its bytes are
+free again (a flag byte per ticket in the same mapping) once its tensors are garbage. A worker that finds no room for a while (a consumer keeps many
 batches) sends that batch another way, so holding batches is safe. Needs the fork start
 method (workers inherit the mapping); otherwise the loader uses torch's own transport.
 """
@@ -82,10 +81,10 @@ class BatchRing:
     def release(self, worker: int, ticket: int) -> None:
         self.flags[worker, ticket] = FREE
 
-    def lend(self, array: np.ndarray, worker: int, ticket: int) -> None:
-        """Release the ticket once ``array`` (a view into its bytes that a batch's tensor wraps)
-        is gone: the main process hands the patches out in place instead of copying them."""
-        weakref.finalize(array, self.release, worker, ticket)
+    def lend(self, region: np.ndarray, worker: int, ticket: int) -> None:
+        """Release the ticket once ``region`` (the view of its bytes that a batch's arrays are
+        views of, and its tensors wrap) is gone: the main process hands the batch out in place."""
+        weakref.finalize(region, self.release, worker, ticket)
 
     def __getstate__(self) -> dict:
         raise TypeError("a BatchRing is inherited by forked workers, never pickled")
