@@ -80,28 +80,51 @@ def test_batches_follow_the_contract(synth):
 
 
 def test_workers_ship_the_same_batches_through_the_ring_and_without_it(synth, monkeypatch):
-    """A worker writes batches into shared-memory slots; what arrives equals in-process batches,
-    and so do batches too big for a slot (sent as a shared tensor instead)."""
-    import trainer.data
+    """A worker writes batches into shared memory that the training process hands out in
+    place; they equal in-process batches, stay intact while held (a later pass reuses the
+    ring), and so do batches sent the other way when the ring has no room."""
+    from trainer.ring import BatchRing
 
     def batches(workers):
         return take(make_loader(config(synth, provenance=True, observation_targets=True), batch_size=3,
                                 num_workers=workers), 12)
 
     local = batches(0)
-    kept = []  # holding batches must not let a worker overwrite them
-    for expected, got in zip(local, batches(1)):
-        kept.append(got)
-    monkeypatch.setattr(trainer.data, "RING_MIN_BYTES", 4096)  # every batch is bigger than the arena: the fallback
-    monkeypatch.setattr(trainer.data, "RING_MAX_BYTES", 4096)
+    kept = batches(1)  # held through the next passes
+    again = batches(1)  # the same ring, while ``kept`` still lends its memory
+    monkeypatch.setattr(BatchRing, "acquire", lambda self, worker, nbytes, timeout=0.05: None)
     fallback = batches(1)
-    assert len(kept) == len(fallback) == 12
-    for expected, got, other in zip(local, kept, fallback):
-        assert expected.keys() == got.keys() == other.keys()
-        for key in expected:
-            assert torch.equal(expected[key], got[key]), key
-            assert torch.equal(expected[key], other[key]), key
+    assert len(kept) == len(again) == len(fallback) == 12
+    for expected, *others in zip(local, kept, again, fallback):
+        for got in others:
+            assert expected.keys() == got.keys()
+            for key in expected:
+                assert torch.equal(expected[key], got[key]), key
     assert sum(int(b["num_patches"].sum()) for b in kept) > 0
+
+
+def test_ring_lends_bytes_until_the_batch_is_gone():
+    import gc
+
+    from trainer.ring import BatchRing
+
+    ring = BatchRing(workers=1, arena_bytes=3 * 4096)
+    first = ring.acquire(0, 4096)
+    second = ring.acquire(0, 8000)
+    assert first[:2] == (0, 0) and second[1] == 4096
+    assert ring.acquire(0, 4096, timeout=0.01) is None  # full: the caller sends another way
+    region = ring.view(0, first[1], 4096)
+    ring.lend(region, 0, first[0])
+    from trainer.assembly import BatchLayout, as_tensors
+
+    batch = as_tensors(BatchLayout(1, 16, 0, 0, 0), torch.from_numpy(region))  # as the main process does
+    held = batch["tokens"][:, 2:5]  # a view of a view keeps the bytes lent
+    del region, batch
+    gc.collect()
+    assert ring.acquire(0, 4096, timeout=0.01) is None  # a tensor still uses the first batch's bytes
+    del held
+    assert ring.acquire(0, 4096, timeout=0.01)[1] == 0  # free again once it is gone
+    assert ring.acquire(0, 4 * 4096) is None  # bigger than the arena
 
 
 def test_masks_only_on_actions_and_text(synth):

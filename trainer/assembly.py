@@ -1,7 +1,7 @@
 """Batches of plans -> the contract's tensors, written in place into one flat buffer.
 
     layout = write_batch(plans, sampler, buffer_for)   # in the process that plans (a worker)
-    batch = as_tensors(layout.views(buffer))           # where the batch is used: no copy
+    batch = as_tensors(layout, torch.from_numpy(buffer))   # where the batch is used: no copy
 
 Every array of a batch (trainer/data.py lists the keys) lives in one byte buffer: in a
 DataLoader worker that is shared memory (trainer/ring.py), so the training process wraps
@@ -145,21 +145,20 @@ def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray],
     return batch
 
 
-def as_tensors(views: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """A batch's arrays as tensors over the same memory."""
-    return {key: torch.from_numpy(value) for key, value in views.items()}
+def as_tensors(layout: BatchLayout, block: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The batch's tensors as views of ``block`` (uint8, the buffer it was written into): they
+    all share its storage, so the memory lives exactly as long as any of them does."""
+    out = {}
+    for key, (offset, shape, dtype) in layout.fields.items():
+        size = math.prod(shape) * dtype.itemsize
+        out[key] = block[offset:offset + size].view(_TORCH[dtype]).view(shape)
+    return out
 
 
-def shared_buffer(nbytes: int) -> tuple[torch.UntypedStorage, np.ndarray]:
-    """A fresh torch shared-memory segment and a numpy view of it (to write a batch into)."""
-    storage = torch.UntypedStorage._new_shared(max(nbytes, 1))
-    return storage, torch.empty((0,), dtype=torch.uint8).set_(storage, 0, (max(nbytes, 1),)).numpy()
-
-
-def carve(layout: BatchLayout, storage: torch.UntypedStorage) -> dict[str, torch.Tensor]:
-    """The batch's tensors as views of a torch storage (so a worker sends them as one segment)."""
-    return {key: torch.empty((0,), dtype=_TORCH[dtype]).set_(storage, offset // dtype.itemsize, shape)
-            for key, (offset, shape, dtype) in layout.fields.items()}
+def shared_buffer(nbytes: int) -> tuple[torch.Tensor, np.ndarray]:
+    """A fresh torch shared-memory segment as a uint8 tensor, and a numpy view to write into."""
+    block = torch.empty((0,), dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(max(nbytes, 1)))
+    return block, block.numpy()
 
 
 def host_buffer(size: int) -> np.ndarray:

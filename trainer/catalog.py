@@ -10,8 +10,8 @@ few row groups whatever the dataset's size. When a task has too few row groups t
 loader shard two units, its row groups are cut into parts of consecutive episodes (a part
 reads its row group, which the last few kept decoded row groups usually already hold).
 
-``start_read_ahead()`` adds one background thread that loads units the sampler says it will
-need next (``read_ahead(task, episodes)``), so Parquet decoding (which releases the GIL)
+``start_read_ahead()`` adds background threads (READERS) that load units the sampler says it
+will need next (``read_ahead(task, episodes)``), so Parquet decoding (which releases the GIL)
 overlaps the planning and assembly of the sequences before them.
 """
 
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 OPEN_FILES = 16
 CACHED_ROW_GROUPS = 8
 UNITS_PER_SHARD = 8
+READERS = 2
+"""threads that load hinted units ahead"""
 """when row groups are too few for two units per loader shard, cut them into this many per shard"""
 _NONE = np.zeros(0, np.int64)
 
@@ -148,7 +150,7 @@ class Catalog:
         """Load hinted units in one background thread (see ``read_ahead``) until ``stop_read_ahead``."""
         self.stop_read_ahead()
         self._lock = threading.RLock()  # fresh: a forked worker may have inherited a held one
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gato-read-ahead")
+        self._reader = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="gato-read-ahead")
         self._reader_pid = os.getpid()
 
     def stop_read_ahead(self) -> None:
@@ -240,20 +242,20 @@ class Catalog:
     # ------------------------------------------------------------------ reading
 
     def _parquet(self, file: int) -> pq.ParquetFile:
+        """An open reader of ``file`` for the calling thread (readers are not shared by threads)."""
+        key = (file, threading.get_ident())
         with self._lock:
-            return self._parquet_locked(file)
-
-    def _parquet_locked(self, file: int) -> pq.ParquetFile:
-        handle = self._open.get(file)
-        if handle is None:
-            root, name = self.files[file]
-            fs, path = self.datasets[root].resolve(name)
-            handle = open_parquet(fs, path)
-            self._open[file] = handle
+            handle = self._open.get(key)
+            if handle is not None:
+                self._open.move_to_end(key)
+                return handle
+        root, name = self.files[file]
+        fs, path = self.datasets[root].resolve(name)
+        handle = open_parquet(fs, path)
+        with self._lock:
+            self._open[key] = handle
             while len(self._open) > OPEN_FILES:
                 self._open.popitem(last=False)
-        else:
-            self._open.move_to_end(file)
         return handle
 
     def _row_group_starts(self, file: int) -> np.ndarray:
@@ -265,24 +267,23 @@ class Catalog:
         return starts
 
     def _row_group(self, file: int, group: int, columns: list[str]) -> pa.Table:
-        """One decoded row group; the last few are kept, since small units share them."""
-        with self._lock:
-            return self._row_group_locked(file, group, columns)
-
-    def _row_group_locked(self, file: int, group: int, columns: list[str]) -> pa.Table:
+        """One decoded row group; the last few are kept, since small units share them. Threads
+        decode side by side (pyarrow releases the GIL); only the cache is locked."""
         key = (file, group, tuple(columns))
-        table = self._groups.get(key)
-        if table is not None:
-            self._groups.move_to_end(key)
-            return table
+        with self._lock:
+            table = self._groups.get(key)
+            if table is not None:
+                self._groups.move_to_end(key)
+                return table
         try:
-            table = self._parquet_locked(file).read_row_group(group, columns=columns, use_threads=False)
+            table = self._parquet(file).read_row_group(group, columns=columns, use_threads=False)
         except (pa.ArrowInvalid, OSError, KeyError) as error:
             root, name = self.files[file]
             raise ShardError(f"{self.roots[root]}/{name}: row group {group} unreadable ({error})") from None
-        self._groups[key] = table
-        while len(self._groups) > CACHED_ROW_GROUPS:
-            self._groups.popitem(last=False)
+        with self._lock:
+            self._groups[key] = table
+            while len(self._groups) > CACHED_ROW_GROUPS:
+                self._groups.popitem(last=False)
         return table
 
     def _read_rows(self, episodes: np.ndarray, columns: list[str]) -> pa.Table:

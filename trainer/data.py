@@ -73,7 +73,7 @@ import torch
 import tyro
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from trainer.assembly import BatchLayout, as_tensors, carve, host_buffer, shared_buffer, write_batch
+from trainer.assembly import BatchLayout, as_tensors, host_buffer, shared_buffer, write_batch
 from trainer.catalog import Catalog
 from trainer.mixture import parse_weight_args, task_weights
 from trainer.ring import BatchRing
@@ -227,14 +227,14 @@ class GatoDataset(IterableDataset):
                     bundle = min(2 * bundle, BUNDLE_BATCHES)
                     continue
                 targets = self.config.observation_targets
+                held = []
                 if info is None:
-                    held = []
                     layout = write_batch(plans, sampler, lambda n: held.append(host_buffer(n)) or held[0], targets)
-                    batch = as_tensors(layout.views(held[0]))
-                else:  # tensors of one torch shared segment: the DataLoader sends them as one
-                    held = []
-                    layout = write_batch(plans, sampler, lambda n: held.append(shared_buffer(n)) or held[0][1], targets)
-                    batch = carve(layout, held[0][0])
+                    block = torch.from_numpy(held[0])
+                else:  # one torch shared segment, which the DataLoader sends as it is
+                    layout = write_batch(plans, sampler, lambda n: held.extend(shared_buffer(n)) or held[1], targets)
+                    block = held[0]
+                batch = as_tensors(layout, block)
                 yield batch if self.batch_size is not None else _unbatch(batch)
         finally:
             self.catalog.stop_read_ahead()
@@ -263,8 +263,7 @@ class GatoDataset(IterableDataset):
             if taken is not None:
                 where["ticket"], where["offset"], buffer = taken
                 return buffer
-            storage, buffer = shared_buffer(nbytes)
-            where["tensor"] = torch.empty((0,), dtype=torch.uint8).set_(storage)
+            where["tensor"], buffer = shared_buffer(nbytes)
             return buffer
 
         layout = write_batch(plans, sampler, buffer_for, self.config.observation_targets)
@@ -282,9 +281,9 @@ class GatoDataset(IterableDataset):
         if "ring" in message:
             worker, ticket, offset = message["ring"]
             region = ring.view(worker, offset, layout.nbytes)
-            ring.lend(region, worker, ticket)
-            return as_tensors(layout.views(region))
-        return as_tensors(layout.views(message["buffer"].numpy()))
+            ring.lend(region, worker, ticket)  # the tensors' storage holds ``region``: freed with the last of them
+            return as_tensors(layout, torch.from_numpy(region))
+        return as_tensors(layout, message["buffer"])
 
     # -------------------------------------------------------------- state
 
@@ -330,7 +329,7 @@ class SequenceLoader:
     over, so ``state_dict()`` / ``load_state_dict()`` resume exactly, and that measures padding.
     Batches come from workers in turn (the DataLoader's in-order mode), which is what lets the
     count per worker be known from the batches seen (a worker's message holds several
-    batches). Workers write their batches into a shared-memory ring (trainer/ring.py) made
+    batches). Workers write their batches into a shared-memory ring (trainer/ring.py) claimed
     for each pass."""
 
     def __init__(self, dataset: GatoDataset, batch_size: int, num_workers: int = 0, **loader_kwargs) -> None:
@@ -346,7 +345,7 @@ class SequenceLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if any(self.consumed) or self._loaded:
             self.dataset.load_state_dict(self.state_dict())
-        ring = self._make_ring()
+        ring = self._claim_ring()
         self.dataset.ring = ring
         try:
             loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
@@ -364,8 +363,10 @@ class SequenceLoader:
                     yield batch
         finally:
             self.dataset.ring = None
+            if ring is not None:
+                ring.unclaim()
 
-    def _make_ring(self) -> BatchRing | None:
+    def _claim_ring(self) -> BatchRing | None:
         if self.num_workers == 0:
             return None
         context = self.loader_kwargs.get("multiprocessing_context") or multiprocessing.get_start_method(allow_none=True)
@@ -376,7 +377,7 @@ class SequenceLoader:
         most = BatchLayout.max_bytes(self.batch_size, dataset.config.sequence_length, dataset.max_patches,
                                      *dataset.max_frames, dataset.config.observation_targets, dataset.config.provenance)
         arena = RING_MESSAGES * (most + BUNDLE_BYTES)
-        return BatchRing(self.num_workers, min(max(arena, RING_MIN_BYTES), RING_MAX_BYTES))
+        return BatchRing.claim(self.num_workers, min(max(arena, RING_MIN_BYTES), RING_MAX_BYTES))
 
     def __len__(self) -> int:
         raise TypeError("a streaming loader has no length")

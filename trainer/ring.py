@@ -1,9 +1,10 @@
-"""Shared memory that DataLoader workers write compact batches into.
+"""Shared memory that DataLoader workers write batches into.
 
-    ring = BatchRing(workers=2, arena_bytes=64 << 20)   # before the DataLoader forks its workers
-    ticket, offset, buffer = ring.acquire(worker, nbytes)  # in worker ``worker``; None when full
-    ...write the batch into buffer, send (worker, ticket, offset, nbytes) to the main process...
-    ring.view(worker, offset, nbytes); ring.release(worker, ticket)   # in the main process
+    ring = BatchRing.claim(workers=2, arena_bytes=64 << 20)   # before the DataLoader forks its workers
+    ticket, offset, buffer = ring.acquire(worker, nbytes)     # in worker ``worker``; None when full
+    ...write the batch into buffer, send (worker, ticket, offset) to the main process...
+    region = ring.view(worker, offset, nbytes); ring.lend(region, worker, ticket)   # main process
+    ring.unclaim()                                            # after the pass
 
 Why: torch sends every tensor a worker yields as a fresh shared-memory segment whose file
 descriptor travels through a socket; here that costs ~2 ms per MB of batch, more than
@@ -11,10 +12,13 @@ building the batch, and every fresh page faults on both sides. The ring is one a
 shared mapping made before the DataLoader forks, with an arena per worker that batches are
 written into back to back, wrapping around: a batch crosses as a few numbers, and the
 arena's pages are touched once and reused lap after lap (so it is kept small: a few
-batches). The main process hands the batch's tensors out in place (``lend``): its bytes are
-free again (a flag byte per ticket in the same mapping) once its tensors are garbage. A worker that finds no room for a while (a consumer keeps many
-batches) sends that batch another way, so holding batches is safe. Needs the fork start
-method (workers inherit the mapping); otherwise the loader uses torch's own transport.
+batches), also by later passes and loaders of the process (``claim`` reuses a ring no pass
+is using). The main process hands the batch's tensors out in place (``lend``): its bytes
+are free again once its tensors are garbage. Which bytes each outstanding ticket holds is
+in the mapping too, so a worker of a later pass never writes over a batch still in use. A
+worker that finds no room for a while (a consumer keeps many batches) sends that batch
+another way, so holding batches is safe. Needs the fork start method (workers inherit the
+mapping); otherwise the loader uses torch's own transport.
 """
 
 from __future__ import annotations
@@ -29,22 +33,46 @@ TICKETS = 256
 """batches of one worker that can be out (written, not yet released) at once"""
 ALIGN = 4096
 FREE, FULL = 0, 1
+KEPT_RINGS = 2
 
 
 class BatchRing:
-    """An arena of ``arena_bytes`` per worker, plus each worker's ticket flags."""
+    """An arena of ``arena_bytes`` per worker, plus each worker's ticket flags and regions."""
+
+    _kept: list[BatchRing] = []
 
     def __init__(self, workers: int, arena_bytes: int) -> None:
         self.workers = workers
         self.arena_bytes = -(-arena_bytes // ALIGN) * ALIGN
-        header = -(-workers * TICKETS // ALIGN) * ALIGN
+        header = -(-workers * TICKETS * 17 // ALIGN) * ALIGN
         self._map = mmap.mmap(-1, header + workers * self.arena_bytes)  # MAP_SHARED | MAP_ANONYMOUS
         self.memory = np.frombuffer(self._map, np.uint8)
         self.flags = self.memory[:workers * TICKETS].reshape(workers, TICKETS)
+        self.regions = self.memory[workers * TICKETS:workers * TICKETS * 17].view(np.int64).reshape(workers, TICKETS, 2)
         self.arenas = self.memory[header:].reshape(workers, self.arena_bytes)
         self._head = [0] * workers
-        self._out: list[dict[int, tuple[int, int]]] = [{} for _ in range(workers)]  # worker side: ticket -> (start, end)
-        self._tickets = [0] * workers
+        self._ticket = [0] * workers
+        self.claimed = False
+
+    @classmethod
+    def claim(cls, workers: int, arena_bytes: int) -> BatchRing:
+        """A ring of this shape that no pass is using (one kept from an earlier pass: its pages
+        are warm), or a new one; ``unclaim`` it after the pass."""
+        for ring in cls._kept:
+            if not ring.claimed and ring.workers == workers and ring.arena_bytes >= arena_bytes:
+                break
+        else:
+            ring = cls(workers, arena_bytes)
+            idle = [r for r in cls._kept if not r.claimed]
+            if len(cls._kept) >= KEPT_RINGS and idle:
+                cls._kept.remove(idle[0])  # the mapping goes once no batch uses it
+            cls._kept.append(ring)
+        ring.claimed = True
+        ring._head = [0] * workers
+        return ring
+
+    def unclaim(self) -> None:
+        self.claimed = False
 
     def acquire(self, worker: int, nbytes: int, timeout: float = 0.05) -> tuple[int, int, np.ndarray] | None:
         """Room for ``nbytes`` in ``worker``'s arena: (ticket, offset, buffer), or None when the
@@ -53,25 +81,24 @@ class BatchRing:
         if size > self.arena_bytes:
             return None
         start = self._head[worker] if self._head[worker] + size <= self.arena_bytes else 0
+        flags, regions = self.flags[worker], self.regions[worker]
         waited, pause = 0.0, 1e-5
         while True:
-            out = self._out[worker]
-            for ticket in [t for t in out if self.flags[worker, t] == FREE]:
-                del out[ticket]
-            busy = any(lo < start + size and start < hi for lo, hi in out.values())
-            if not busy and len(out) < TICKETS:
+            out = np.flatnonzero(flags == FULL)
+            spans = regions[out]
+            if len(out) < TICKETS and not ((spans[:, 0] < start + size) & (start < spans[:, 1])).any():
                 break
             if waited > timeout:
                 return None
             time.sleep(pause)
             waited += pause
             pause = min(pause * 2, 1e-3)
-        ticket = self._tickets[worker]
-        while ticket in out:
+        ticket = self._ticket[worker]
+        while flags[ticket] == FULL:
             ticket = (ticket + 1) % TICKETS
-        self._tickets[worker] = (ticket + 1) % TICKETS
-        out[ticket] = (start, start + size)
-        self.flags[worker, ticket] = FULL
+        self._ticket[worker] = (ticket + 1) % TICKETS
+        regions[ticket] = (start, start + size)
+        flags[ticket] = FULL
         self._head[worker] = start + size
         return ticket, start, self.arenas[worker, start:start + nbytes]
 
