@@ -114,6 +114,119 @@ def test_stacked_frames_are_channels_and_odd_sizes_are_padded():
     np.testing.assert_allclose(rows[35], [5 / 6, 1.0])
 
 
+def reference_patches(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, C) -> (T, P, 16, 16, C) by the obvious route: pad with black, reshape, transpose."""
+    t, h, w, c = frames.shape
+    padded = np.zeros((t, -(-h // 16) * 16, -(-w // 16) * 16, c), np.uint8)
+    padded[:, :h, :w] = frames
+    gh, gw = padded.shape[1] // 16, padded.shape[2] // 16
+    return padded.reshape(t, gh, 16, gw, 16, c).transpose(0, 1, 3, 2, 4, 5).reshape(t, gh * gw, 16, 16, c)
+
+
+@pytest.mark.parametrize("shape", [(3, 84, 84, 4), (2, 64, 64, 3), (1, 16, 16, 1), (2, 20, 33, 2), (2, 15, 7, 3)])
+def test_cut_patches_matches_the_obvious_route_into_dirty_memory(shape):
+    from trainer.patches import cut_patches
+
+    rng = np.random.default_rng(sum(shape))
+    frames = rng.integers(0, 256, shape, dtype=np.uint8)
+    expected = reference_patches(frames)
+    assert np.array_equal(cut_patches(frames), expected)
+    out = rng.integers(0, 256, (*expected.shape[:4], 4), dtype=np.uint8)  # reused memory, channels padded to 4
+    cut_patches(frames, out=out)
+    assert np.array_equal(out[..., :shape[3]], expected) and not out[..., shape[3]:].any()
+
+
+def test_model_cuts_loader_frames_as_the_host_does():
+    """frames_to_patches (the model's, on the batch's device) == cut_patches + normalize_patches."""
+    import torch
+
+    from trainer.patches import cut_patches, frames_to_patches, normalize_patches
+
+    rng = np.random.default_rng(4)
+    atari = rng.integers(0, 256, (3, 84, 84, 4), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (2, 20, 33, 3), dtype=np.uint8)
+    # sequence 0: three Atari frames, the last cut after 10 of its 36 patches; 1: no images; 2: two RGB frames
+    batch = {"frames": torch.from_numpy(np.concatenate([atari.reshape(-1), rgb.reshape(-1)])),
+             "image_shapes": torch.tensor([[84, 84, 4], [0, 0, 0], [20, 33, 3]]),
+             "num_frames": torch.tensor([3, 0, 2]), "frame_patches": torch.tensor([36, 36, 10, 6, 6])}
+    got = frames_to_patches(batch["frames"], batch["image_shapes"], batch["num_frames"], batch["frame_patches"])
+    expected = np.concatenate([normalize_patches(cut_patches(atari).reshape(-1, 16, 16, 4)[:82]),
+                               normalize_patches(cut_patches(rgb).reshape(-1, 16, 16, 3))])
+    assert got.shape == (82 + 12, 4, 16, 16)
+    assert torch.equal(got, torch.from_numpy(expected))
+    pixels = reference_patches(rgb).reshape(-1, 16, 16, 3).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(expected[82:, :3], (pixels / 255 * 2 - 1) / 4, atol=1e-6)  # [-1, 1] / 4
+    assert not expected[82:, 3:].any()  # channels beyond C are zero
+    masked = normalize_patches(cut_patches(atari)[0, :2], channels=np.array([2, 4]))
+    assert not masked[0, 2:].any() and masked[1, 3].any()
+
+
+def reference_step_tokens(steps: dict, t: int, spec: TaskSpec, text_model, cap: int = 128) -> tuple[list, list, list]:
+    """One timestep written out from the paper's recipe: tokens, loss mask, local positions."""
+    obs, loss = [], []
+    if "obs_continuous" in spec.observation:
+        obs += encode_continuous(steps["obs_continuous"][t].reshape(-1)).tolist()
+    if "obs_discrete" in spec.observation:
+        obs += steps["obs_discrete"][t].reshape(-1).tolist()
+    if "obs_image" in spec.observation:
+        h, w = spec.observation["obs_image"].shape[:2]
+        obs += [IMAGE_PLACEHOLDER] * (-(-h // 16) * -(-w // 16))
+    loss += [False] * len(obs)
+    if "obs_text" in spec.observation:
+        text = text_model.encode(steps["obs_text"][t] or "")[:cap]
+        obs += list(text)
+        loss += [True] * len(text)
+    action = []
+    if "act_continuous" in spec.action:
+        action += encode_continuous(steps["act_continuous"][t].reshape(-1)).tolist()
+    if "act_discrete" in spec.action:
+        action += steps["act_discrete"][t].reshape(-1).tolist()
+    return (obs + [SEPARATOR] + action, loss + [False] + [True] * len(action),
+            list(range(len(obs))) + [-1] * (1 + len(action)))
+
+
+@pytest.mark.parametrize("kind", ["grid", "babyai", "metaworld"])
+def test_vectorized_tokenization_equals_the_per_step_recipe(kind, text_model):
+    """tokenize_steps over a whole row group == each timestep tokenized on its own, byte for byte."""
+    rng = np.random.default_rng(7)
+    t = 300
+    missions = ["go to the red ball", "", "pick up the blue key next to the door", "open"]
+    if kind == "grid":
+        spec = grid_spec()
+        steps = {"obs_discrete": rng.integers(0, 11, (t, 3)).astype(np.int32),
+                 "obs_continuous": (rng.normal(size=(t, 2)) * 10 ** rng.uniform(-4, 4, (t, 2))).astype(np.float32),
+                 "obs_image": rng.integers(0, 256, (t, 16, 32, 2), dtype=np.uint8),
+                 "obs_text": [missions[i] for i in rng.integers(0, 4, t)],
+                 "act_discrete": rng.integers(0, 7, (t, 1)).astype(np.int32),
+                 "act_continuous": rng.uniform(-1, 1, (t, 2)).astype(np.float32)}
+    elif kind == "babyai":
+        spec = TaskSpec(domain="babyai", env_id="b", observation={"obs_discrete": ModalitySpec([148], "int32", n=11),
+                                                                  "obs_text": ModalitySpec([], "string")},
+                        action={"act_discrete": ModalitySpec([1], "int32", n=7)})
+        steps = {"obs_discrete": rng.integers(0, 11, (t, 148)).astype(np.int32),
+                 "obs_text": [missions[i // 60 % 4] for i in range(t)],
+                 "act_discrete": rng.integers(0, 7, (t, 1)).astype(np.int32)}
+    else:
+        spec = TaskSpec(domain="metaworld", env_id="m", observation={"obs_continuous": ModalitySpec([39], "float32")},
+                        action={"act_continuous": ModalitySpec([4], "float32", low=-1, high=1)})
+        steps = {"obs_continuous": rng.normal(size=(t, 39)).astype(np.float32),
+                 "act_continuous": rng.uniform(-1, 1, (t, 4)).astype(np.float32)}
+    run = tokenize_steps(steps, spec, text_model)
+    tokens, loss, local, offsets = [], [], [], [0]
+    for step in range(t):
+        ids, mask, positions = reference_step_tokens(steps, step, spec, text_model)
+        tokens += ids
+        loss += mask
+        local += positions
+        offsets.append(len(tokens))
+    assert run.tokens.tobytes() == np.array(tokens, np.int32).tobytes()
+    assert run.loss_mask.tobytes() == np.array(loss, bool).tobytes()
+    assert run.local_positions.tobytes() == np.array(local, np.int16).tobytes()
+    assert run.step_offsets.tolist() == offsets
+    if "obs_image" in steps:
+        assert run.frames.shape == (t, 16, 32, 2) and np.array_equal(run.frames, steps["obs_image"])
+
+
 def grid_spec() -> TaskSpec:
     return TaskSpec(domain="grid", env_id="grid-v0",
                     observation={"obs_discrete": ModalitySpec([3], "int32", n=11), "obs_continuous": ModalitySpec([2], "float32"),
