@@ -228,7 +228,7 @@ class Catalog:
             steps = None
             step_lengths = np.full(int(step_starts[-1]), layout.min_step_tokens, np.int64)
             if layout.has_text:
-                texts = self._read_rows(episodes, [OBS_TEXT])[OBS_TEXT].to_pylist()
+                texts = self._read_rows(episodes, [OBS_TEXT])[OBS_TEXT]
                 step_lengths += text_token_lengths(texts, self.text_model, layout, self.max_text_tokens)
             offsets = np.zeros(len(step_lengths) + 1, np.int64)
             np.cumsum(step_lengths, out=offsets[1:])
@@ -318,7 +318,7 @@ def table_to_steps(table: pa.Table, spec: TaskSpec) -> dict:
         data = table[column]
         data = data.chunk(0) if data.num_chunks == 1 else data.combine_chunks()
         if column == OBS_TEXT:
-            steps[column] = data.to_pylist()
+            steps[column] = data  # tokenize_steps encodes the Arrow strings itself
         elif column == OBS_IMAGE:
             steps[column] = binary_to_frames(data, spec.image_shape)
         else:

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Annotated, Union
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import tyro
 
 from shards.format import (
@@ -447,8 +449,7 @@ def _text_block(texts, t: int, text_model: TextTokenizer | None, max_text_tokens
     if text_model is None:
         raise ValueError("the task has obs_text but no text model was given; fit one with "
                          "`python -m trainer.tokenizer fit ROOT --out text.model`")
-    unique: dict[str, int] = {}
-    index = np.fromiter((unique.setdefault(s or "", len(unique)) for s in texts), dtype=np.int64, count=t)
+    index, unique = _distinct_strings(texts, t)
     encoded = [text_model.encode(s)[:max_text_tokens] for s in unique]
     width = max((len(e) for e in encoded), default=0)
     table = np.zeros((len(encoded), width), dtype=np.int64)
@@ -457,6 +458,18 @@ def _text_block(texts, t: int, text_model: TextTokenizer | None, max_text_tokens
         table[row, :len(ids)] = ids
         lengths[row] = len(ids)
     return table[index], lengths[index]
+
+
+def _distinct_strings(texts, t: int) -> tuple[np.ndarray, list[str]]:
+    """(index of each step's string in the list, the distinct strings); None counts as "".
+    Takes a list or an Arrow string column (encoded by Arrow: no Python string per step)."""
+    if isinstance(texts, (pa.Array, pa.ChunkedArray)):
+        column = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
+        encoded = pc.dictionary_encode(pc.fill_null(column, ""))
+        return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
+    unique: dict[str, int] = {}
+    index = np.fromiter((unique.setdefault(s or "", len(unique)) for s in texts), dtype=np.int64, count=t)
+    return index, list(unique)
 
 
 def text_token_lengths(texts, text_model: TextTokenizer | None, layout: StepLayout, max_text_tokens: int = 128) -> np.ndarray:
