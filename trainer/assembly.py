@@ -81,11 +81,10 @@ def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray],
             layout = catalog.layouts[piece.task]
             whole = cut = first = 0
             if layout.patches:
-                offsets = unit.step_offsets
-                first = int(offsets.searchsorted(piece.start))
-                last = int(offsets.searchsorted(piece.end, side="right")) - 1  # the step holding ``end``
+                first = unit.step_of(piece.start)  # pieces start on a timestep
+                last = unit.step_of(piece.end)  # the step holding ``end``
                 whole = last - first
-                cut = min(max(piece.end - int(offsets[last]) - layout.image_start, 0), layout.patches)
+                cut = min(max(piece.end - unit.offsets[last] - layout.image_start, 0), layout.patches)
                 count = whole + (cut > 0)
                 frames += count
                 frame_bytes += count * unit.steps.frames[0].size

@@ -280,10 +280,10 @@ class ShardSampler:
                 stream.cursor = end
                 continue
             # the timestep holding token ``end`` was cut: the next sequence starts with it whole
-            step = int(tokens.step_offsets.searchsorted(end, side="right")) - 1
-            restart = int(tokens.step_offsets[step])
+            step = tokens.step_of(end)
+            restart = tokens.offsets[step]
             if restart <= start and first_piece:  # one timestep longer than the budget: skip the rest of it
-                restart = int(tokens.step_offsets[step + 1])
+                restart = tokens.offsets[step + 1]
             stream.cursor = restart
         return pieces
 
@@ -326,18 +326,19 @@ class ShardSampler:
                 index = int(found[pick])
                 break
             pick -= count
-        starts, offsets = tokens.token_starts, tokens.step_offsets
-        first, last = int(starts[index]), int(starts[index + 1])
-        steps = offsets[offsets.searchsorted(first):offsets.searchsorted(last, side="right")]  # its step boundaries
+        first, last = tokens.starts[index], tokens.starts[index + 1]
+        offsets = tokens.offsets
+        lo, hi = bisect.bisect_left(offsets, first), bisect.bisect_right(offsets, last)  # its step boundaries
+        steps = hi - lo
         # the end prompt: the most final timesteps that fit the budget (at least one)
-        end_start = int(steps.searchsorted(last - budget))
-        if end_start >= len(steps) - 1:
-            end_start = len(steps) - 2
+        end_start = bisect.bisect_left(offsets, last - budget, lo, hi) - lo
+        if end_start >= steps - 1:
+            end_start = steps - 2
         kind = END_PROMPT if self.draws.random() < self.settings.prompt_end_probability else UNIFORM_PROMPT
         start = end_start if kind == END_PROMPT else self.draws.below(end_start + 1)
-        stop = int(steps.searchsorted(steps[start] + budget, side="right")) - 1
-        stop = max(stop, start + 1)
-        piece = Piece(stream.task, pool_unit, int(steps[start]), int(steps[stop]), tokens)
+        begin = offsets[lo + start]
+        stop = max(bisect.bisect_right(offsets, begin + budget, lo, hi) - 1 - lo, start + 1)
+        piece = Piece(stream.task, pool_unit, begin, offsets[lo + stop], tokens)
         if piece.end - piece.start > self.settings.sequence_length // 2:
             return None
         return kind, piece
