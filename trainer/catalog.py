@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 OPEN_FILES = 16
 CACHED_ROW_GROUPS = 8
 UNITS_PER_SHARD = 8
-READERS = 2
+READERS = 1
 """threads that load hinted units ahead"""
 """when row groups are too few for two units per loader shard, cut them into this many per shard"""
 _NONE = np.zeros(0, np.int64)
