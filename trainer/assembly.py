@@ -73,7 +73,11 @@ def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray],
     catalog = sampler.catalog
     length = sampler.settings.sequence_length
     jobs = []  # (row, column, piece, unit, step layout, first step, whole steps, patches of the cut step)
-    patches = frames = frame_bytes = 0
+    size = len(plans)
+    counts, row_frames, shapes = [0] * size, [0] * size, [(0, 0, 0)] * size  # per sequence, written once
+    lengths = [0] * size
+    per_frame: list[int] = []  # patches of each frame that are tokens
+    frame_bytes = 0
     for row, plan in enumerate(plans):
         column = 0
         for piece in plan.pieces:
@@ -85,22 +89,26 @@ def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray],
                 last = unit.step_of(piece.end)  # the step holding ``end``
                 whole = last - first
                 cut = min(max(piece.end - unit.offsets[last] - layout.image_start, 0), layout.patches)
-                count = whole + (cut > 0)
-                frames += count
-                frame_bytes += count * unit.steps.frames[0].size
+                taken = whole + (cut > 0)
+                if taken:
+                    per_frame += [layout.patches] * whole + ([cut] if cut else [])
+                    frame_bytes += taken * unit.steps.frames[0].size
+                    counts[row] += whole * layout.patches + cut
+                    row_frames[row] += taken
+                    shapes[row] = layout.image_shape
             jobs.append((row, column, piece, unit, layout, first, whole, cut))
             column += piece.end - piece.start
-            patches += whole * layout.patches + cut
-    batch = BatchLayout(len(plans), length, patches, frames, frame_bytes, observation_targets,
+        lengths[row] = column
+    batch = BatchLayout(size, length, sum(counts), len(per_frame), frame_bytes, observation_targets,
                         sampler.settings.provenance)
     out = batch.views(buffer_for(batch.nbytes))
     tokens, local, loss = out["tokens"], out["local_positions"], out["loss_mask"]
-    pixels, frame_patches, rows, cols = out["frames"], out["frame_patches"], out["patch_rows"], out["patch_cols"]
-    counts, shapes, row_frames = out["num_patches"], out["image_shapes"], out["num_frames"]
-    counts[:] = 0
-    shapes[:] = 0
-    row_frames[:] = 0
-    at = frame = byte = 0
+    pixels, rows, cols = out["frames"], out["patch_rows"], out["patch_cols"]
+    out["num_patches"][:] = counts
+    out["num_frames"][:] = row_frames
+    out["image_shapes"][:] = shapes
+    out["frame_patches"][:] = per_frame
+    at = byte = 0
     for row, column, piece, unit, layout, first, whole, cut in jobs:
         steps, start, end = unit.steps, piece.start, piece.end
         span = slice(column, column + end - start)
@@ -113,23 +121,16 @@ def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray],
         taken = steps.frames[first:first + whole + (cut > 0)]  # the frames as stored: the model cuts them
         pixels[byte:byte + taken.size] = taken.reshape(-1)
         byte += taken.size
-        frame_patches[frame:frame + whole] = layout.patches
-        if cut:
-            frame_patches[frame + whole] = cut
-        frame += len(taken)
-        shapes[row] = layout.image_shape
-        row_frames[row] += len(taken)
         grid_rows, grid_cols = _tiled_intervals(tuple(layout.image_shape[:2]), count)
         rows[at:at + count] = grid_rows
         cols[at:at + count] = grid_cols
-        counts[row] += count
         at += count
-    lengths = np.array([plan.num_tokens for plan in plans])
-    for row, n in enumerate(lengths.tolist()):
+    for row, n in enumerate(lengths):
         if n < length:
             tokens[row, n:] = PAD
             local[row, n:] = -1
             loss[row, n:] = False
+    lengths = np.array(lengths)
     np.less(np.arange(length), lengths[:, None], out=out["attention_mask"])
     np.equal(tokens, IMAGE_PLACEHOLDER, out=out["is_image"])
     if observation_targets:
