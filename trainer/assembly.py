@@ -148,10 +148,13 @@ def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray],
 def as_tensors(layout: BatchLayout, block: torch.Tensor) -> dict[str, torch.Tensor]:
     """The batch's tensors as views of ``block`` (uint8, the buffer it was written into): they
     all share its storage, so the memory lives exactly as long as any of them does."""
-    out = {}
+    typed, out = {}, {}
     for key, (offset, shape, dtype) in layout.fields.items():
-        size = math.prod(shape) * dtype.itemsize
-        out[key] = block[offset:offset + size].view(_TORCH[dtype]).view(shape)
+        whole = typed.get(dtype)  # arrays start 64-byte aligned: one typed view of the block serves them all
+        if whole is None:
+            whole = typed[dtype] = block[:len(block) // dtype.itemsize * dtype.itemsize].view(_TORCH[dtype])
+        start = offset // dtype.itemsize
+        out[key] = whole[start:start + math.prod(shape)].view(shape)
     return out
 
 

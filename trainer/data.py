@@ -348,7 +348,7 @@ class SequenceLoader:
         ring = self._claim_ring()
         self.dataset.ring = ring
         try:
-            loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+            loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
                                 persistent_workers=False, in_order=True, **self.loader_kwargs)
             turn = 0
             workers = len(self.consumed)
@@ -415,6 +415,11 @@ def collate_sequences(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch
     the frames and patch keys of all sequences back to back (use as a DataLoader's ``collate_fn``)."""
     return {key: torch.cat([s[key] for s in samples]) if key in PER_PATCH_KEYS else torch.stack([s[key] for s in samples])
             for key in samples[0]}
+
+
+def _as_is(item):
+    """The DataLoader's collate_fn: items are whole batches (or messages) already."""
+    return item
 
 
 def _unbatch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
