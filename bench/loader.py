@@ -14,15 +14,17 @@ Measured in one run (medians of ``repeats``):
   start and again right before each loader setting (each setting's ratio uses its own);
 - loader: one full pass (``passes=1``, so every step is served once) through
   ``make_loader`` with 0 (in-process), 1 and 2 workers, batch 8, L = 1024: steps/s,
-  tokens/s, and steps/s as a fraction of raw (target >= 0.30), overall and per domain; once
-  with the contract's float32 patches and once with ``patch_dtype="uint8"``;
+  tokens/s, and steps/s as a fraction of raw (target >= 0.30 with 1 worker), overall and per
+  domain (1 worker). A pass is a fresh loader, so each timing includes starting the workers
+  and their first reads; batches are the contract's (frames as stored: the model cuts and
+  scales them on its device), received in the main process;
 - padding: the fraction of padded tokens in that pass and in an endless stream (target <= 0.05);
 - memory: peak RSS (main process + workers, sampled every 50 ms with psutil) while streaming
   an image-only dataset of ``big_gb`` GB on disk (incompressible frames) and one a tenth of
   that size: flat means the two peaks are close.
 Context figures (same run): ``cpu_fraction_of_raw``, the same ratio in CPU seconds (main +
-workers), steadier than wall time on a shared machine; ``float32_patch_floor``, the time just
-to write the pass's float32 patches (one scaling write per value), which bounds the float32 ratio.
+workers), steadier than wall time on a shared machine, and the load average next to each
+setting.
 Prints JSON and writes bench/results/loader.json. The machine's load average is recorded:
 on a shared 2-core machine the runs with DataLoader workers compete with other processes.
 """
@@ -95,6 +97,7 @@ def main(config: BenchConfig) -> dict:
             loader[key] = median_run(lambda: loader_pass(root, model, config, workers), config.repeats)
             loader[key]["raw_steps_per_second"] = adjacent["steps_per_second"]
             loader[key]["raw_cpu_seconds"] = adjacent["cpu_seconds"]
+            loader[key]["load_average"] = [round(x, 2) for x in os.getloadavg()]
         result["loader"] = loader
         result["fraction_of_raw"] = {k: round(v["steps_per_second"] / v["raw_steps_per_second"], 3) for k, v in loader.items()}
         # context on a shared machine: CPU seconds (main process + workers) per step, raw over

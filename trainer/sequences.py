@@ -49,7 +49,7 @@ class SamplerSettings:
     provenance: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class Piece:
     """Tokens [start, end) of one unit; ``tokens`` is the unit as loaded when planning (a dry
     load during a replay, which assembly swaps for a full one)."""
@@ -61,7 +61,7 @@ class Piece:
     tokens: UnitTokens
 
 
-@dataclass
+@dataclass(slots=True)
 class Plan:
     """The pieces that make up one sequence, prompt first."""
 
