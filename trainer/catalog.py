@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 OPEN_FILES = 16
 CACHED_ROW_GROUPS = 8
+"""decoded row groups kept at most (units that share a row group read it once)"""
+CACHED_BYTES = 32 << 20
+"""decoded row groups kept (for units that share one) up to this many bytes: a big row group is its
+own unit, and keeping it would only grow the working set (fresh memory faults, page by page)"""
 UNITS_PER_SHARD = 8
 READERS = 1
 """threads that load hinted units ahead"""
@@ -290,8 +294,9 @@ class Catalog:
             raise ShardError(f"{self.roots[root]}/{name}: row group {group} unreadable ({error})") from None
         with self._lock:
             self._groups[key] = table
-            while len(self._groups) > CACHED_ROW_GROUPS:
-                self._groups.popitem(last=False)
+            held = sum(t.nbytes for t in self._groups.values())
+            while len(self._groups) > 1 and (len(self._groups) > CACHED_ROW_GROUPS or held > CACHED_BYTES):
+                held -= self._groups.popitem(last=False)[1].nbytes
         return table
 
     def _read_rows(self, episodes: np.ndarray, columns: list[str]) -> pa.Table:
