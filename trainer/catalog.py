@@ -44,9 +44,9 @@ CACHED_BYTES = 32 << 20
 """decoded row groups kept (for units that share one) up to this many bytes: a big row group is its
 own unit, and keeping it would only grow the working set (fresh memory faults, page by page)"""
 UNITS_PER_SHARD = 8
+"""when row groups are too few for two units per loader shard, cut them into this many per shard"""
 READERS = 1
 """threads that load hinted units ahead"""
-"""when row groups are too few for two units per loader shard, cut them into this many per shard"""
 _NONE = np.zeros(0, np.int64)
 
 
