@@ -254,8 +254,9 @@ class Catalog:
     # ------------------------------------------------------------------ reading
 
     def _parquet(self, file: int) -> pq.ParquetFile:
-        """An open reader of ``file`` for the calling thread (readers are not shared by threads)."""
-        key = (file, threading.get_ident())
+        """An open reader of ``file`` for the calling thread (readers are not shared by threads,
+        nor by a forked worker and its parent)."""
+        key = (file, os.getpid(), threading.get_ident())
         with self._lock:
             handle = self._open.get(key)
             if handle is not None:

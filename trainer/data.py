@@ -179,6 +179,8 @@ class GatoDataset(IterableDataset):
         self.weights = task_weights(domains, config.weights_spec())
         self.max_patches = max_patches_per_sequence(self.catalog, config.sequence_length)
         self.max_frames = max_frames_per_sequence(self.catalog, config.sequence_length)
+        for task in self.catalog.task_names:  # read the row-group layout now: forked workers inherit it
+            self.catalog.units(task)
         self.settings = SamplerSettings(
             sequence_length=config.sequence_length, prompt_probability=config.prompt_probability,
             prompt_end_probability=config.prompt_end_probability, prompt_fraction=config.prompt_fraction,
