@@ -58,6 +58,7 @@ very same sequences.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import itertools
 import json
@@ -352,9 +353,14 @@ class SequenceLoader:
         try:
             loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
                                 persistent_workers=False, in_order=True, **self.loader_kwargs)
+            gc.freeze()  # the workers fork here: their garbage collector leaves the parent's objects
+            try:         # (and their pages) alone instead of copying every page it touches
+                messages = iter(loader)
+            finally:
+                gc.unfreeze()
             turn = 0
             workers = len(self.consumed)
-            for message in loader:
+            for message in messages:
                 worker = turn % workers
                 turn += 1
                 for item in message["bundle"] if "bundle" in message else [message]:  # a worker's message
