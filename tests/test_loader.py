@@ -127,6 +127,27 @@ def test_ring_lends_bytes_until_the_batch_is_gone():
     assert ring.acquire(0, 4 * 4096) is None  # bigger than the arena
 
 
+def test_ring_steps_over_a_held_batch_instead_of_waiting():
+    """A consumer holding one batch must not stall the batches after it: the worker writes
+    past the held bytes at once (it waited, then sent every later batch the slow way)."""
+    from trainer.ring import BatchRing
+
+    ring = BatchRing(workers=1, arena_bytes=4 * 4096)
+    tickets = [ring.acquire(0, 4096) for _ in range(3)]
+    assert [t[1] for t in tickets] == [0, 4096, 8192]
+    ring.release(0, tickets[0][0])
+    ring.release(0, tickets[2][0])  # the batch at 4096 is still held
+    fourth = ring.acquire(0, 4096, timeout=0)
+    wrapped = ring.acquire(0, 4096, timeout=0)
+    assert fourth[1] == 3 * 4096 and wrapped[1] == 0
+    stepped = ring.acquire(0, 4096, timeout=0)  # the head is at the held batch: the next free bytes
+    assert stepped is not None and stepped[1] == 8192
+    assert ring.acquire(0, 4096, timeout=0) is None  # now every byte is out
+    ring.release(0, wrapped[0])
+    assert ring.acquire(0, 2 * 4096, timeout=0) is None  # no two free pages side by side
+    assert ring.acquire(0, 4096, timeout=0)[1] == 0
+
+
 def test_masks_only_on_actions_and_text(synth):
     dataset = GatoDataset(config(synth, provenance=True))
     catalog = dataset.catalog

@@ -17,7 +17,8 @@ is using). The main process hands the batch's tensors out in place (``lend``): i
 are free again once its tensors are garbage. Which bytes each outstanding ticket holds is
 in the mapping too, so a worker of a later pass never writes over a batch still in use. A
 worker that finds no room for a while (a consumer keeps many batches) sends that batch
-another way, so holding batches is safe. Needs the fork start method (workers inherit the
+another way, so holding batches is safe; a held batch is stepped over (the next free bytes
+after it are used), so holding one does not slow the batches after it. Needs the fork start method (workers inherit the
 mapping); otherwise the loader uses torch's own transport.
 """
 
@@ -80,13 +81,11 @@ class BatchRing:
         size = max(ALIGN, -(-nbytes // ALIGN) * ALIGN)
         if size > self.arena_bytes:
             return None
-        start = self._head[worker] if self._head[worker] + size <= self.arena_bytes else 0
         flags, regions = self.flags[worker], self.regions[worker]
         waited, pause = 0.0, 1e-5
         while True:
-            out = np.flatnonzero(flags == FULL)
-            spans = regions[out]
-            if len(out) < TICKETS and not ((spans[:, 0] < start + size) & (start < spans[:, 1])).any():
+            start = self._free_start(worker, size)
+            if start is not None:
                 break
             if waited > timeout:
                 return None
@@ -101,6 +100,23 @@ class BatchRing:
         flags[ticket] = FULL
         self._head[worker] = start + size
         return ticket, start, self.arenas[worker, start:start + nbytes]
+
+    def _free_start(self, worker: int, size: int) -> int | None:
+        """The first offset, going round from the head, where ``size`` bytes overlap no batch
+        still out: a batch the consumer holds is stepped over, not waited for (waiting on it
+        stalled every later batch of the pass), so only a full arena makes a worker wait."""
+        out = np.flatnonzero(self.flags[worker] == FULL)
+        if len(out) >= TICKETS:
+            return None
+        spans = self.regions[worker][out]
+        head = self._head[worker]
+        ends = np.sort(spans[:, 1])
+        candidates = np.concatenate([[head], ends[ends >= head], [0], ends[ends < head]])
+        candidates = candidates[candidates + size <= self.arena_bytes]
+        if len(spans):
+            clear = ~((spans[None, :, 0] < candidates[:, None] + size) & (candidates[:, None] < spans[None, :, 1])).any(1)
+            candidates = candidates[clear]
+        return int(candidates[0]) if len(candidates) else None
 
     def view(self, worker: int, offset: int, nbytes: int) -> np.ndarray:
         return self.arenas[worker, offset:offset + nbytes]
