@@ -159,6 +159,26 @@ def test_registry_env_babyai(tmp_path):
     assert row["prompt_tokens"] > 0
 
 
+def test_registry_env_episode_seed_alone_fixes_the_metaworld_goal():
+    """Batched evaluation gives each episode its own env: its seed, not the env's reset count,
+    must pick the goal (MT1 draws the goal before the reset seeds the env)."""
+    from experts.registry import get_task
+    from trainer.evaluate import registry_env
+
+    task = "metaworld/reach-v3"
+    spec = get_task(task).task_spec()
+    used, fresh = registry_env(task, 0, spec), registry_env(task, 0, spec)
+    try:
+        goals = [tuple(used.reset(seed=s)["obs_continuous"][-3:]) for s in range(4)]
+        assert len(set(goals)) == 4  # a goal per episode seed
+        again = fresh.reset(seed=2)["obs_continuous"]
+        np.testing.assert_array_equal(again, used.reset(seed=2)["obs_continuous"])
+        assert tuple(again[-3:]) == goals[2]
+    finally:
+        used.close()
+        fresh.close()
+
+
 @pytest.mark.slow
 def test_ray_parallel_evaluation_matches_in_process(cartpole_run, ray_local):
     import sys

@@ -42,7 +42,7 @@ class MetaWorldDomain(Domain):
         import metaworld  # noqa: F401  (registers Meta-World/*)
 
         env = gym.make("Meta-World/MT1", env_name=task_id.split("/", 1)[1], seed=seed, disable_env_checker=True)
-        return _UnboundedObservation(env)
+        return _UnboundedObservation(_GoalFromResetSeed(env))
 
     def observation_spec(self, task_id: str) -> dict[str, ModalitySpec]:
         return {"obs_continuous": ModalitySpec(shape=[OBS_DIM], dtype="float32")}
@@ -58,7 +58,22 @@ class MetaWorldDomain(Domain):
 
     def extra(self, task_id: str) -> dict[str, Any]:
         return {"episode_steps": EPISODE_STEPS, "success": "info['success'] at any step",
-                "goals": "MT1: env seed picks 50 goals, each reset samples one"}
+                "goals": "MT1: env seed picks 50 goals; a seeded reset samples one from its seed, an "
+                         "unseeded one from the env's random state"}
+
+
+class _GoalFromResetSeed(gym.Wrapper):
+    """``reset(seed=s)`` picks the goal from ``s`` alone.
+
+    MT1's task wrapper draws the goal *before* the reset seeds the env's random state, so
+    without this the goal depends on how many resets came before: episode seed s gave another
+    goal in a fresh env than in a used one, and ten fresh envs reset with seeds 0..9 all got
+    the same goal (which made batched evaluation score one goal ten times)."""
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self.env.unwrapped.np_random = np.random.default_rng(seed)
+        return self.env.reset(seed=seed, options=options)
 
 
 class _UnboundedObservation(gym.ObservationWrapper):
