@@ -103,6 +103,36 @@ def test_workers_ship_the_same_batches_through_the_ring_and_without_it(synth, mo
     assert sum(int(b["num_patches"].sum()) for b in kept) > 0
 
 
+def test_workers_fork_after_arrow_hands_back_its_free_pages(synth, monkeypatch):
+    """Before forking workers the loader returns the free pages Arrow's allocator keeps (a
+    worker decoding into them takes a copy-on-write fault per page) and freezes the garbage
+    collector only around the fork; an in-process loader does neither."""
+    import gc
+
+    import pyarrow as pa
+
+    import trainer.data as data
+
+    real = pa.default_memory_pool()
+    calls = []
+
+    class Pool:
+        def release_unused(self):
+            calls.append(gc.get_freeze_count())
+            real.release_unused()
+
+    monkeypatch.setattr(data.pa, "default_memory_pool", lambda: Pool())
+    frozen_at_fork = []
+    real_iter = data.DataLoader.__iter__
+    monkeypatch.setattr(data.DataLoader, "__iter__", lambda self: frozen_at_fork.append(gc.get_freeze_count() > 0)
+                        or real_iter(self))
+    assert len(take(make_loader(config(synth), batch_size=2, num_workers=0), 2)) == 2
+    assert calls == [] and frozen_at_fork == [False]
+    assert len(take(make_loader(config(synth), batch_size=2, num_workers=1), 2)) == 2
+    assert calls == [0] and frozen_at_fork == [False, True]  # released before freezing, frozen for the fork
+    assert gc.get_freeze_count() == 0
+
+
 def test_ring_lends_bytes_until_the_batch_is_gone():
     import gc
 

@@ -110,6 +110,9 @@ class BatchRing:
             return None
         spans = self.regions[worker][out]
         head = self._head[worker]
+        head = head if head + size <= self.arena_bytes else 0
+        if not ((spans[:, 0] < head + size) & (head < spans[:, 1])).any():
+            return head  # the usual case: the bytes after the last batch are free
         ends = np.sort(spans[:, 1])
         candidates = np.concatenate([[head], ends[ends >= head], [0], ends[ends < head]])
         candidates = candidates[candidates + size <= self.arena_bytes]
