@@ -48,6 +48,7 @@ DEMO_TASKS = ("babyai/GoToRedBall", "babyai/GoToLocal", "metaworld/reach-v3", "m
               "dmc/cartpole-balance")
 # Relative cost of one evaluation episode by domain (steps x tokens per step): the long ones start first.
 EVAL_COST = {"dmc": 50, "metaworld": 40, "procgen": 20, "atari": 20, "babyai": 1}
+MIN_SLICE_STEPS = 20  # a shorter last slice would spend more on the trainer's start than on training
 STAGES = ("collect", "validate", "curate", "tokenizer", "train", "evaluate", "report")
 
 
@@ -162,18 +163,22 @@ def _train(config: DemoConfig, out: Path) -> str:
     command = ["-m", "trainer.train", "--data", str(out / "curated"), "--config", config.train_config,
                "--out", str(run), "--loader.text-model", str(out / "text.model")]
     deadline = time.perf_counter() + 60 * config.train_minutes
-    slowest = 0.0
+    per_step = 0.0  # seconds per step of the latest slice, its process start included
     start_step = step = _checkpoint_step(run)
     while step < total:
         left = deadline - time.perf_counter()
-        if slowest and left < slowest:
+        # the latest slice predicts the next (a slow one under a passing load does not end
+        # training early); the last slice is cut to the time left
+        fits = int(left / per_step) if per_step else slice_steps
+        steps = min(slice_steps, total - step, fits)
+        if steps < min(MIN_SLICE_STEPS, total - step):
             print(f"[demo] train: stopping at step {step}/{total}: {left:.0f} s of the {config.train_minutes:g}-minute "
-                  f"budget left, a slice takes {slowest:.0f} s", flush=True)
+                  f"budget left, a step takes {per_step:.2f} s", flush=True)
             break
         began = time.perf_counter()
-        _run("train", [*command, "--stop-after-steps", str(min(slice_steps, total - step))])
-        slowest = max(slowest, time.perf_counter() - began)
+        _run("train", [*command, "--stop-after-steps", str(steps)])
         previous, step = step, _checkpoint_step(run)
+        per_step = (time.perf_counter() - began) / max(step - previous, 1)
         if step <= previous:
             raise StageFailed(f"the trainer exited without a new checkpoint after step {previous} in {run}")
     return f"steps {start_step} -> {step} of {total}"
