@@ -1,7 +1,7 @@
 """`make demo`: the whole GatoForge pipeline on datasets/quickstart.yaml, stage by stage, resumable.
 
     python scripts/demo.py                                # collect, validate, curate, tokenizer, train, evaluate, report
-    python scripts/demo.py --out runs/demo --train-minutes 20 --temperature 1.0
+    python scripts/demo.py --out runs/demo --train-minutes 25 --continuous-decoding median
     python scripts/demo.py --skip-collect --skip-train    # re-evaluate / re-report only
     python scripts/demo.py --overwrite-curation           # redo curation (and what depends on it)
 

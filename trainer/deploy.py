@@ -99,6 +99,8 @@ class GatoAgent:
         self.continuous_decoding = continuous_decoding
         self.max_text_tokens = max_text_tokens
         self.ranges = action_token_ranges(spec)  # (A, 2) valid [low, high) per action token
+        continuous = (self.ranges[:, 0] == CONTINUOUS_OFFSET) & (self.ranges[:, 1] == CONTINUOUS_OFFSET + CONTINUOUS_BINS)
+        self.take_median = continuous & (continuous_decoding == "median")  # (A,) per action position
         self.device = next(model.parameters()).device
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.cache = KVCache(model.config.n_layer, context)
@@ -142,10 +144,8 @@ class GatoAgent:
         for position, (low, high) in enumerate(self.ranges):
             allowed = torch.arange(int(low), int(high), device=self.device)
             logits = self._feed(chunks, allowed)  # (B, high - low)
-            if self.continuous_decoding == "median" and (low, high) == (CONTINUOUS_OFFSET, CONTINUOUS_OFFSET + CONTINUOUS_BINS):
-                sampled[:, position] = int(low) + _median(logits)
-            else:
-                sampled[:, position] = int(low) + self._sample(logits)
+            pick = _median(logits) if self.take_median[position] else self._sample(logits)
+            sampled[:, position] = int(low) + pick
             chunks = [_action_token(int(token)) for token in sampled[:, position]]
         self.pending = chunks  # the last action token goes in with the next observation
         self.last_action_tokens = sampled if len(sampled) > 1 else sampled[0]
@@ -153,10 +153,11 @@ class GatoAgent:
 
     def _feed(self, chunks: list[TokenChunk], allowed: torch.Tensor) -> torch.Tensor:
         """Logits (B, n_allowed) after feeding equally long chunks, one per cache row."""
-        parts = [[torch.from_numpy(np.ascontiguousarray(a)) for a in chunk.astuple()] for chunk in chunks]
-        rows = [torch.stack([p[i] for p in parts]).to(self.device) for i in range(3)]  # tokens, positions, is_image
-        flat = [torch.cat([p[i] for p in parts]).to(self.device) for i in range(3, 6)]  # patches in row-major order
-        return self.model.next_token_logits(*rows, *flat, self.cache, allowed)
+        columns = list(zip(*(chunk.astuple() for chunk in chunks)))
+        rows = [np.stack(c) for c in columns[:3]]  # tokens, local positions, is_image: (B, n) each
+        flat = [np.concatenate(c) for c in columns[3:]]  # patches and intervals, row-major like is_image
+        tensors = [torch.from_numpy(a).to(self.device) for a in rows + flat]
+        return self.model.next_token_logits(*tensors, self.cache, allowed)
 
     def _sample(self, logits: torch.Tensor) -> np.ndarray:
         """(B,) indices into the allowed ids: argmax at temperature 0, else sampled."""

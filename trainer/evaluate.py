@@ -26,13 +26,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import tyro
 
 from shards import Dataset, TaskSpec
 from shards.format import ACT_CONTINUOUS, ACT_DISCRETE, OBS_TEXT
+
+if TYPE_CHECKING:  # deploy imports torch: evaluate loads it only when a task runs
+    from trainer.deploy import GatoAgent, TokenChunk
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +197,8 @@ def evaluate_task(config: EvalConfig, task: str, env_factory: EnvFactory | None 
     }
 
 
-def _run_episodes(agent, envs: list, seeds: list[int], prompt, max_steps: int | None) -> list[tuple[float, int, bool | None]]:
+def _run_episodes(agent: GatoAgent, envs: list[EvalEnv], seeds: list[int], prompt: TokenChunk,
+                  max_steps: int | None) -> list[tuple[float, int, bool | None]]:
     """Run one episode per env in lockstep (one batched action per step); (return, steps, success) each.
     An env whose episode is over keeps its last observation in the batch and is not stepped."""
     observations = [env.reset(seed=seed) for env, seed in zip(envs, seeds)]
