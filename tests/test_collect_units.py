@@ -52,7 +52,7 @@ def test_a_unit_on_an_object_store_root_commits_and_merges():
     ds = Dataset(root)
     assert len(ds) == 16 and ds.manifest.tasks["babyai/GoToRedBall"].expert["kind"] == "scripted"
     episode = next(iter(ds.iter_episodes()))
-    assert episode.steps["obs_discrete"].shape[1] == 148
+    assert episode.steps["obs_discrete"].shape[1] == 50  # 49 packed grid cells, then the direction
     assert root.exists("README.md")
 
 

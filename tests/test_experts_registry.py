@@ -98,3 +98,27 @@ def test_episode_from_columns_is_a_valid_shard_episode():
                       terminated=np.array([0, 0, 1], bool), truncated=np.zeros(3, bool))
     assert episode.steps["obs_image"].shape == (3, 64, 64, 3)
     assert episode.steps["act_discrete"].tolist() == [[1], [2], [3]]
+
+
+def test_babyai_columns_pack_each_cell_into_one_code_and_unpack_to_jat_layout():
+    from experts.envs.babyai import CELL_CODES, jat_layout, pack_cells
+
+    entry = get_task("babyai/GoToLocal")
+    env = entry.make_env(num_envs=2, seed=5)
+    obs, _ = env.reset(seed=5)
+    raw = [np.asarray(obs["discrete"])]
+    for _ in range(20):
+        obs, *_ = env.step(env.action_space.sample())
+        raw.append(np.asarray(obs["discrete"]))
+    env.close()
+    raw = np.concatenate(raw)  # (42, 148): what experts see
+    stored = entry.to_columns({"discrete": raw, "mission": ("m",) * len(raw)})["obs_discrete"]
+    assert stored.shape == (len(raw), 50) and stored.dtype == np.int32
+    assert stored[:, :49].max() < CELL_CODES and stored.min() >= 0
+    np.testing.assert_array_equal(stored[:, 49], raw[:, 147])  # the direction, unchanged
+    cells = raw[:, :147].reshape(-1, 49, 3)
+    np.testing.assert_array_equal(stored[:, :49], cells[..., 0] + 11 * (cells[..., 1] + 6 * cells[..., 2]))
+    np.testing.assert_array_equal(jat_layout(stored), raw)  # lossless
+    assert len(np.unique(stored[:, :49])) > 3  # walls, floor, objects: not a constant grid
+    with pytest.raises(ValueError, match=r"expected \(N, 148\)"):
+        pack_cells(raw[:, :100])
