@@ -95,6 +95,7 @@ def build_manifest(spec: DatasetSpec, units: list[WorkUnit], committed: Committe
         task_spec.extra["collection"] = {
             "seed": plan.seed, "num_envs": plan.num_envs, "max_episode_steps": plan.max_episode_steps,
             "cut_after_success": plan.cut_after_success,
+            "noisy_episodes": plan.noisy_episodes, "action_noise": plan.action_noise,
             "note": ("expert episodes end cut_after_success steps after the first success, so their returns are "
                      "not comparable with full-length random episodes") if plan.cut_after_success is not None else "",
         }

@@ -106,6 +106,12 @@ class TaskPlan:
     cut_after_success: int | None
     """end expert episodes this many steps after the first success (None: never)"""
     seed: int
+    noisy_episodes: int = 0
+    """extra expert episodes collected after the clean ones with Gaussian noise added to the
+    executed continuous actions, while the recorded action stays the expert's own (DART): the
+    data then shows the expert correcting from states its clean runs never visit"""
+    action_noise: float | None = None
+    """standard deviation of that noise, in the [-1, 1] action scale"""
     num_cpus: float = 1.0
     """CPUs requested per rollout unit"""
 
@@ -142,8 +148,11 @@ BASE_DEFAULTS: dict[str, Any] = {
     "num_envs": 8,
     "max_episode_steps": None,
     "cut_after_success": None,
+    "noisy_episodes": 0,
+    "action_noise": None,
     "num_cpus": 1.0,
 }
+CONTINUOUS_DOMAINS = {"dmc", "metaworld"}  # the domains whose actions are continuous (noisy_episodes)
 TOP_KEYS = {"name", "root", "seed", "defaults", "domains", "tasks"}
 SETTING_KEYS = set(BASE_DEFAULTS)
 TASK_KEYS = SETTING_KEYS | {"id", "seed"}
@@ -274,7 +283,7 @@ def _check_settings(settings: Any, where: str, allowed: set[str], problems: list
         return
     for key in sorted(set(settings) - allowed):
         problems.append(f"{where}.{key}: unknown key; expected one of {sorted(allowed)}")
-    for key in ("rollout_episodes", "random_episodes"):
+    for key in ("rollout_episodes", "random_episodes", "noisy_episodes"):
         if key in settings and not (_is_int(settings[key]) and settings[key] >= 0):
             problems.append(f"{where}.{key}: expected an integer >= 0, got {settings[key]!r}")
     for key in ("episodes_per_unit", "num_envs"):
@@ -284,6 +293,10 @@ def _check_settings(settings: Any, where: str, allowed: set[str], problems: list
         value = settings.get(key)
         if value is not None and not (_is_int(value) and value >= low):
             problems.append(f"{where}.{key}: expected an integer >= {low} or null, got {value!r}")
+    noise = settings.get("action_noise")
+    if noise is not None and not (_is_number(noise) and 0 < noise <= 2):
+        problems.append(f"{where}.action_noise: expected a number in (0, 2] (std in the [-1, 1] action scale) or null, "
+                        f"got {noise!r}")
     if "num_cpus" in settings and not (_is_number(settings["num_cpus"]) and settings["num_cpus"] > 0):
         problems.append(f"{where}.num_cpus: expected a number > 0, got {settings['num_cpus']!r}")
     if "seed" in settings and not _is_int(settings["seed"]):
@@ -354,11 +367,23 @@ def _to_plan(task: str, merged: dict[str, Any], seed: int, where: str, problems:
     if expert.kind == "random" and rollout:
         problems.append(f"{where}.rollout_episodes: expert kind random; use random_episodes for random-policy episodes")
         return None
+    noisy, noise = int(merged["noisy_episodes"]), merged["action_noise"]
+    if noisy and noise is None:
+        problems.append(f"{where}.noisy_episodes: {noisy} noisy episodes need action_noise (the noise std, e.g. 0.1)")
+        return None
+    if noisy and expert.kind == "random":
+        problems.append(f"{where}.noisy_episodes: expert kind random has no expert action to record")
+        return None
+    if noisy and task.split("/", 1)[0] not in CONTINUOUS_DOMAINS:
+        problems.append(f"{where}.noisy_episodes: action noise needs continuous actions; {task} is not in "
+                        f"{sorted(CONTINUOUS_DOMAINS)}")
+        return None
     return TaskPlan(
         task=task, expert=expert, training=training, rollout_episodes=int(rollout),
         random_episodes=int(merged["random_episodes"]), episodes_per_unit=int(merged["episodes_per_unit"]),
         num_envs=int(merged["num_envs"]), max_episode_steps=merged["max_episode_steps"],
-        cut_after_success=merged["cut_after_success"], seed=int(seed),
+        cut_after_success=merged["cut_after_success"], seed=int(seed), noisy_episodes=noisy,
+        action_noise=float(noise) if noisy else None,
         num_cpus=float(merged["num_cpus"]),
     )
 

@@ -46,6 +46,8 @@ class WorkUnit:
     num_envs: int = 8
     max_episode_steps: int | None = None
     cut_after_success: int | None = None
+    action_noise: float | None = None
+    """std of the Gaussian noise added to executed actions (the recorded ones stay the expert's)"""
     num_cpus: float = 1.0
     num_gpus: float = 0.0
 
@@ -73,6 +75,11 @@ def plan_units(spec: DatasetSpec) -> list[WorkUnit]:
             source = "scripted" if plan.expert.kind == "scripted" else "rollout"
             expert = f"trained:{runs[-1].unit_id}" if runs else plan.expert.load_spec()
             rest += _chunks(plan, source, plan.rollout_episodes, expert, runs[-1].unit_id if runs else None)
+        if plan.noisy_episodes:  # after the clean ones: the windowed expert return sees those first
+            source = "scripted" if plan.expert.kind == "scripted" else "rollout"
+            expert = f"trained:{runs[-1].unit_id}" if runs else plan.expert.load_spec()
+            rest += _chunks(plan, source, plan.noisy_episodes, expert, runs[-1].unit_id if runs else None,
+                            label="noisy", action_noise=plan.action_noise)
         if plan.random_episodes:
             rest += _chunks(plan, "random", plan.random_episodes, "random", None)
     return training + rest
@@ -95,13 +102,16 @@ def _training_units(plan: TaskPlan) -> list[WorkUnit]:
     ]
 
 
-def _chunks(plan: TaskPlan, source: str, total: int, expert: str, depends_on: str | None) -> list[WorkUnit]:
+def _chunks(plan: TaskPlan, source: str, total: int, expert: str, depends_on: str | None, label: str | None = None,
+            action_noise: float | None = None) -> list[WorkUnit]:
+    """Units of ``total`` episodes; ``label`` names them and their run (default: the source)."""
     units = []
     size = plan.episodes_per_unit
+    label = label or source
     for c, start in enumerate(range(0, total, size)):
         units.append(WorkUnit(
-            task=plan.task, kind=source, name=f"{source}-{c:04d}", seed=derive_seed(plan.seed, plan.task, source, c),
-            episodes=min(size, total - start), first_index=start, run_id=source, expert=expert,
+            task=plan.task, kind=source, name=f"{label}-{c:04d}", seed=derive_seed(plan.seed, plan.task, label, c),
+            episodes=min(size, total - start), first_index=start, run_id=label, expert=expert, action_noise=action_noise,
             depends_on=depends_on, num_envs=min(plan.num_envs, size), max_episode_steps=plan.max_episode_steps,
             cut_after_success=plan.cut_after_success if source != "random" else None,
             num_cpus=plan.num_cpus,

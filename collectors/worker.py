@@ -166,7 +166,7 @@ def _rollout(root: Root, unit: WorkUnit, entry: Any, trained: dict[str, Any] | N
             cpu = time.process_time()
             result = rollout(unit.task, expert, num_envs=unit.num_envs, episodes=unit.episodes, seed=unit.seed,
                              on_episode=on_episode, source=unit.kind, run_id=unit.run_id,
-                             start_index=unit.first_index, env=env)
+                             start_index=unit.first_index, env=env, action_noise=unit.action_noise)
             cpu = time.process_time() - cpu
     finally:
         env.close()

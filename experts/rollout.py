@@ -67,12 +67,15 @@ def rollout(task_id: str, expert: Expert | str, num_envs: int, episodes: int, se
             on_episode: Callable[[Episode], Any] | None = None, max_steps: int | None = None,
             deterministic: bool = True, source: str | None = None, run_id: str | None = None,
             env: gym.vector.VectorEnv | None = None, start_index: int = 0,
-            progress: bool = False) -> RolloutResult:
+            progress: bool = False, action_noise: float | None = None) -> RolloutResult:
     """Run ``expert`` on ``num_envs`` batched envs until ``episodes`` episodes finish.
 
     ``expert`` is an Expert or a spec string for load_expert. ``max_steps`` caps vector steps
     (a safety net; unfinished episodes are dropped). ``env`` reuses an env built by the caller
     (it is reset with ``seed`` and left open); otherwise one is built and closed here.
+    ``action_noise`` (continuous actions only) adds N(0, std^2) noise to the actions the env
+    executes, clipped to its bounds, and records the expert's own actions (DART, Laskey et al.
+    2017): a behaviour-cloned policy then learns how the expert recovers from its own drift.
     """
     if episodes < 1:
         raise ValueError(f"episodes={episodes}; expected >= 1")
@@ -83,6 +86,7 @@ def rollout(task_id: str, expert: Expert | str, num_envs: int, episodes: int, se
     num_envs = env.num_envs
     if isinstance(expert, str):
         expert = load_expert(task_id, expert, env=env, seed=seed)
+    perturb = _action_perturbation(env, action_noise, seed)
     quota = np.full(num_envs, episodes // num_envs) + (np.arange(num_envs) < episodes % num_envs)
     result = RolloutResult(task_id)
 
@@ -110,7 +114,7 @@ def rollout(task_id: str, expert: Expert | str, num_envs: int, episodes: int, se
                                recorder.episodes_done)
                 break
             actions = expert.act(obs, deterministic=deterministic)
-            next_obs, rewards, terminated, truncated, infos = env.step(actions)
+            next_obs, rewards, terminated, truncated, infos = env.step(perturb(actions))
             before = recorder.episodes_done
             recorder.add_step(obs, actions, rewards, terminated, truncated, infos)
             done = np.flatnonzero(np.asarray(terminated) | np.asarray(truncated))
@@ -133,6 +137,22 @@ def rollout(task_id: str, expert: Expert | str, num_envs: int, episodes: int, se
         if own_env:
             env.close()
     return result
+
+
+def _action_perturbation(env: gym.vector.VectorEnv, std: float | None, seed: int) -> Callable[[Any], Any]:
+    """Identity, or Gaussian noise of ``std`` clipped to a Box action space (seeded by ``seed``)."""
+    if not std:
+        return lambda actions: actions
+    space = env.single_action_space
+    if not isinstance(space, gym.spaces.Box):
+        raise ValueError(f"action_noise={std}: needs continuous (Box) actions, the env has {space}")
+    rng = np.random.default_rng([seed, 0xDA27])
+
+    def perturb(actions: Any) -> np.ndarray:
+        actions = np.asarray(actions)
+        return np.clip(actions + rng.normal(0.0, std, actions.shape), space.low, space.high).astype(actions.dtype)
+
+    return perturb
 
 
 def _source_of(expert: Expert) -> str:

@@ -129,3 +129,23 @@ def test_shipped_specs_validate_against_the_real_registry():
     assert len(full.tasks) == len(list_tasks())
     assert full.root.startswith("s3://")
     assert all(p.training.budget == "full" for p in full.tasks if p.expert.kind == "train")
+
+
+def test_noisy_episodes_plan_after_the_clean_ones_and_bad_noise_settings_are_named():
+    spec = parse_spec({"name": "dart", "root": "/tmp/x", "tasks": [
+        {"id": "metaworld/reach-v3", "rollout_episodes": 50, "noisy_episodes": 60, "action_noise": 0.2,
+         "episodes_per_unit": 25}]}, list_tasks=known)
+    units = [u for u in plan_units(spec) if u.kind != "random"]
+    assert [u.name for u in units] == ["scripted-0000", "scripted-0001", "noisy-0000", "noisy-0001", "noisy-0002"]
+    assert [u.action_noise for u in units] == [None, None, 0.2, 0.2, 0.2]
+    assert {u.run_id for u in units[2:]} == {"noisy"} and units[-1].episodes == 10
+    assert len({u.seed for u in units}) == len(units)  # noisy chunks do not replay the clean chunks' seeds
+    with pytest.raises(SpecError) as caught:
+        parse_spec({"name": "bad", "root": "/tmp/x", "tasks": [
+            {"id": "metaworld/reach-v3", "noisy_episodes": 5},
+            {"id": "babyai/GoToLocal", "noisy_episodes": 5, "action_noise": 0.1},
+            {"id": "dmc/cartpole-balance", "noisy_episodes": 5, "action_noise": -1}]}, list_tasks=known)
+    text = str(caught.value)
+    assert "tasks[0].noisy_episodes: 5 noisy episodes need action_noise" in text
+    assert "tasks[1].noisy_episodes: action noise needs continuous actions; babyai/GoToLocal" in text
+    assert "tasks[2].action_noise: expected a number in (0, 2]" in text

@@ -60,3 +60,26 @@ def test_bad_spec_is_explained(tmp_path):
         load_expert("babyai/GoToLocal", str(tmp_path / "empty"))
     with pytest.raises(ExpertError, match="hf://org/repo"):
         load_expert("babyai/GoToLocal", "hf://just-a-name")
+
+
+def test_action_noise_perturbs_the_executed_actions_and_records_the_experts_own():
+    """DART rollouts: the states drift away from the clean run's, yet every recorded action is what
+    the scripted policy says for the recorded observation."""
+    from experts.base import load_expert
+
+    def run(noise):
+        episodes = []
+        rollout("metaworld/reach-v3", "scripted", num_envs=1, episodes=1, seed=4, on_episode=episodes.append,
+                action_noise=noise)
+        return episodes[0]
+
+    clean, noisy = run(None), run(0.3)
+    obs_clean, obs_noisy = clean.steps["obs_continuous"], noisy.steps["obs_continuous"]
+    np.testing.assert_allclose(obs_clean[0], obs_noisy[0])  # same seed, same start and goal
+    assert np.abs(obs_clean[1:50, :3] - obs_noisy[1:50, :3]).max() > 1e-3  # the hand went elsewhere
+    expert = load_expert("metaworld/reach-v3", "scripted", seed=4)
+    expert.reset([0])
+    relabelled = np.concatenate([expert.act(o[None].astype(np.float64)) for o in obs_noisy[:100]])
+    np.testing.assert_allclose(noisy.steps["act_continuous"][:100], relabelled, atol=1e-3)
+    with pytest.raises(ValueError, match="needs continuous"):
+        rollout("babyai/GoToLocal", "scripted", num_envs=1, episodes=1, seed=0, action_noise=0.1)
