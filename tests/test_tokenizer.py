@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shards import Episode, Manifest, StepFileWriter, index_table, write_index, write_manifest
 from shards.manifest import ModalitySpec, TaskSpec
 from trainer.patches import image_to_patches
 from trainer.text_tokenizer import TextTokenizer, fit_text_model
@@ -329,3 +330,28 @@ def test_fit_cli(synth_root, tmp_path):
     assert '"vocab_size"' in result.stdout and out.is_file()
     ids = TextTokenizer.load(out).encode("pick up the blue key")
     assert len(ids) and ids.max() < 32000
+
+
+def test_fitted_text_model_keeps_the_words_of_a_small_mission_corpus(tmp_path):
+    """BabyAI-sized corpus: BPE (the default) gives one piece per word, unigram only characters."""
+    colours, objects = ("red", "green", "blue", "purple", "yellow", "grey"), ("ball", "box", "key")
+    missions = [f"go to {article} {c} {o}" for article in ("a", "the") for c in colours for o in objects]
+    root = tmp_path / "missions"
+    spec = TaskSpec(domain="babyai", env_id="BabyAI-GoToLocal-v0",
+                    observation={"obs_discrete": ModalitySpec([2], "int32", n=4), "obs_text": ModalitySpec([], "string")},
+                    action={"act_discrete": ModalitySpec([1], "int32", n=7)})
+    with StepFileWriter(root, "babyai/GoToLocal", "part-00000", spec.modalities) as writer:
+        for i, mission in enumerate(missions):
+            writer.add(Episode(task="babyai/GoToLocal", steps={"obs_discrete": np.zeros((2, 2), np.int32),
+                                                              "obs_text": [mission] * 2,
+                                                              "act_discrete": np.zeros((2, 1), np.int32)},
+                               rewards=np.zeros(2, np.float32), terminated=np.array([False, True]),
+                               truncated=np.zeros(2, bool), run_id="bot", run_index=i, source="scripted"))
+    write_index(root, index_table(writer.index_rows))
+    write_manifest(root, Manifest(name="missions", tasks={"babyai/GoToLocal": spec}))
+    fit_text_model([str(root)], tmp_path / "bpe.model")
+    fit_text_model([str(root)], tmp_path / "unigram.model", model_type="unigram")
+    bpe, unigram = TextTokenizer.load(tmp_path / "bpe.model"), TextTokenizer.load(tmp_path / "unigram.model")
+    assert len(bpe.encode("go to the red ball")) == 5
+    assert bpe.decode(bpe.encode("go to a purple key")) == "go to a purple key"
+    assert len(unigram.encode("go to the red ball")) > 8  # what the old default did to every step

@@ -506,8 +506,8 @@ class FitCommand:
     """where to write the .model file"""
     vocab_size: int = TEXT_VOCAB_SIZE
     """upper bound on pieces; SentencePiece stops earlier when the corpus is small"""
-    model_type: str = "unigram"
-    """SentencePiece model type: unigram or bpe"""
+    model_type: str = "bpe"
+    """SentencePiece model type: bpe or unigram (on a small corpus unigram keeps only characters)"""
     json: bool = False
     """print the summary as JSON"""
 
