@@ -108,10 +108,11 @@ class TaskPlan:
     seed: int
     noisy_episodes: int = 0
     """extra expert episodes collected after the clean ones with Gaussian noise added to the
-    executed continuous actions, while the recorded action stays the expert's own (DART): the
-    data then shows the expert correcting from states its clean runs never visit"""
+    executed actions, while the recorded action stays the expert's own (DART): the data then
+    shows the expert correcting from states its clean runs never visit"""
     action_noise: float | None = None
-    """standard deviation of that noise, in the [-1, 1] action scale"""
+    """continuous actions: the noise's std in the [-1, 1] action scale; discrete actions: the
+    probability that a uniformly random action is executed instead of the expert's"""
     num_cpus: float = 1.0
     """CPUs requested per rollout unit"""
 
@@ -152,7 +153,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "action_noise": None,
     "num_cpus": 1.0,
 }
-CONTINUOUS_DOMAINS = {"dmc", "metaworld"}  # the domains whose actions are continuous (noisy_episodes)
+CONTINUOUS_DOMAINS = {"dmc", "metaworld"}  # action_noise is a std there, a probability elsewhere
 TOP_KEYS = {"name", "root", "seed", "defaults", "domains", "tasks"}
 SETTING_KEYS = set(BASE_DEFAULTS)
 TASK_KEYS = SETTING_KEYS | {"id", "seed"}
@@ -295,8 +296,8 @@ def _check_settings(settings: Any, where: str, allowed: set[str], problems: list
             problems.append(f"{where}.{key}: expected an integer >= {low} or null, got {value!r}")
     noise = settings.get("action_noise")
     if noise is not None and not (_is_number(noise) and 0 < noise <= 2):
-        problems.append(f"{where}.action_noise: expected a number in (0, 2] (std in the [-1, 1] action scale) or null, "
-                        f"got {noise!r}")
+        problems.append(f"{where}.action_noise: expected a number in (0, 2] (the std of continuous actions, the "
+                        f"probability of a random discrete action) or null, got {noise!r}")
     if "num_cpus" in settings and not (_is_number(settings["num_cpus"]) and settings["num_cpus"] > 0):
         problems.append(f"{where}.num_cpus: expected a number > 0, got {settings['num_cpus']!r}")
     if "seed" in settings and not _is_int(settings["seed"]):
@@ -374,9 +375,9 @@ def _to_plan(task: str, merged: dict[str, Any], seed: int, where: str, problems:
     if noisy and expert.kind == "random":
         problems.append(f"{where}.noisy_episodes: expert kind random has no expert action to record")
         return None
-    if noisy and task.split("/", 1)[0] not in CONTINUOUS_DOMAINS:
-        problems.append(f"{where}.noisy_episodes: action noise needs continuous actions; {task} is not in "
-                        f"{sorted(CONTINUOUS_DOMAINS)}")
+    if noisy and task.split("/", 1)[0] not in CONTINUOUS_DOMAINS and noise > 1:
+        problems.append(f"{where}.action_noise: {noise} for {task}'s discrete actions; expected the probability "
+                        f"of a random action, <= 1")
         return None
     return TaskPlan(
         task=task, expert=expert, training=training, rollout_episodes=int(rollout),

@@ -35,7 +35,9 @@ class Expert(Protocol):
 
     ``act`` is called once per vector step with the whole batch (one forward pass for neural
     experts, never one per env) and returns N actions. ``reset`` tells the expert that the
-    listed envs started a new episode (recurrent state, scripted plans).
+    listed envs started a new episode (recurrent state, scripted plans). An expert that plans
+    may also define ``executed(actions)``: rollouts with action noise call it with the actions
+    the envs really took, so the plan follows them (the BabyAI bot's advising mode).
     """
 
     kind: str

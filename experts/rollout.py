@@ -73,9 +73,11 @@ def rollout(task_id: str, expert: Expert | str, num_envs: int, episodes: int, se
     ``expert`` is an Expert or a spec string for load_expert. ``max_steps`` caps vector steps
     (a safety net; unfinished episodes are dropped). ``env`` reuses an env built by the caller
     (it is reset with ``seed`` and left open); otherwise one is built and closed here.
-    ``action_noise`` (continuous actions only) adds N(0, std^2) noise to the actions the env
-    executes, clipped to its bounds, and records the expert's own actions (DART, Laskey et al.
-    2017): a behaviour-cloned policy then learns how the expert recovers from its own drift.
+    ``action_noise`` perturbs the actions the envs execute and records the expert's own (DART,
+    Laskey et al. 2017), so a behaviour-cloned policy learns how the expert recovers from drift:
+    continuous actions get N(0, std^2) noise clipped to the bounds; a discrete action is replaced
+    by a uniformly random one with probability ``action_noise``. An expert with ``executed``
+    (the BabyAI bot) is told what was taken and replans from it.
     """
     if episodes < 1:
         raise ValueError(f"episodes={episodes}; expected >= 1")
@@ -114,7 +116,10 @@ def rollout(task_id: str, expert: Expert | str, num_envs: int, episodes: int, se
                                recorder.episodes_done)
                 break
             actions = expert.act(obs, deterministic=deterministic)
-            next_obs, rewards, terminated, truncated, infos = env.step(perturb(actions))
+            taken = perturb(actions)
+            if taken is not actions and hasattr(expert, "executed"):
+                expert.executed(taken)
+            next_obs, rewards, terminated, truncated, infos = env.step(taken)
             before = recorder.episodes_done
             recorder.add_step(obs, actions, rewards, terminated, truncated, infos)
             done = np.flatnonzero(np.asarray(terminated) | np.asarray(truncated))
@@ -139,19 +144,28 @@ def rollout(task_id: str, expert: Expert | str, num_envs: int, episodes: int, se
     return result
 
 
-def _action_perturbation(env: gym.vector.VectorEnv, std: float | None, seed: int) -> Callable[[Any], Any]:
-    """Identity, or Gaussian noise of ``std`` clipped to a Box action space (seeded by ``seed``)."""
-    if not std:
+def _action_perturbation(env: gym.vector.VectorEnv, noise: float | None, seed: int) -> Callable[[Any], Any]:
+    """Identity; Gaussian noise of std ``noise`` clipped to a Box space; or, for a Discrete
+    space, a uniformly random action with probability ``noise`` (seeded by ``seed``)."""
+    if not noise:
         return lambda actions: actions
     space = env.single_action_space
-    if not isinstance(space, gym.spaces.Box):
-        raise ValueError(f"action_noise={std}: needs continuous (Box) actions, the env has {space}")
     rng = np.random.default_rng([seed, 0xDA27])
+    if isinstance(space, gym.spaces.Box):
+        def perturb(actions: Any) -> np.ndarray:
+            actions = np.asarray(actions)
+            return np.clip(actions + rng.normal(0.0, noise, actions.shape), space.low, space.high).astype(actions.dtype)
+    elif isinstance(space, gym.spaces.Discrete):
+        if noise > 1:
+            raise ValueError(f"action_noise={noise}: for discrete actions it is a probability, expected <= 1")
 
-    def perturb(actions: Any) -> np.ndarray:
-        actions = np.asarray(actions)
-        return np.clip(actions + rng.normal(0.0, std, actions.shape), space.low, space.high).astype(actions.dtype)
-
+        def perturb(actions: Any) -> np.ndarray:
+            taken = np.array(actions, copy=True)
+            swap = rng.random(taken.shape) < noise
+            taken[swap] = space.start + rng.integers(0, space.n, int(swap.sum()))
+            return taken
+    else:
+        raise ValueError(f"action_noise={noise}: needs Box or Discrete actions, the env has {space}")
     return perturb
 
 

@@ -43,18 +43,25 @@ class BabyAIBotExpert:
         self._bot_class = BabyAIBot
         self._envs = [e.unwrapped for e in env.envs]
         self._bots: list[Any] = [None] * len(self._envs)
+        self._taken: list[int | None] = [None] * len(self._envs)  # what each env executed last, if not our advice
 
     def act(self, obs_batch: Any, deterministic: bool = True) -> np.ndarray:
         actions = np.zeros(batch_size(obs_batch), dtype=np.int64)
         for i, env in enumerate(self._envs):
             if self._bots[i] is None:
                 self._bots[i] = self._bot_class(env)
-            actions[i] = int(self._bots[i].replan())
+            actions[i] = int(self._bots[i].replan(self._taken[i]))
+        self._taken = [None] * len(self._envs)
         return actions
+
+    def executed(self, actions: np.ndarray) -> None:
+        """The actions the envs took after the last ``act`` (the bot replans from them)."""
+        self._taken = [int(a) for a in np.asarray(actions).reshape(len(self._envs))]
 
     def reset(self, env_indices) -> None:
         for i in env_indices:
             self._bots[int(i)] = None
+            self._taken[int(i)] = None
 
 
 class MetaWorldScriptedExpert:

@@ -143,9 +143,9 @@ def test_noisy_episodes_plan_after_the_clean_ones_and_bad_noise_settings_are_nam
     with pytest.raises(SpecError) as caught:
         parse_spec({"name": "bad", "root": "/tmp/x", "tasks": [
             {"id": "metaworld/reach-v3", "noisy_episodes": 5},
-            {"id": "babyai/GoToLocal", "noisy_episodes": 5, "action_noise": 0.1},
+            {"id": "babyai/GoToLocal", "noisy_episodes": 5, "action_noise": 1.5},
             {"id": "dmc/cartpole-balance", "noisy_episodes": 5, "action_noise": -1}]}, list_tasks=known)
     text = str(caught.value)
     assert "tasks[0].noisy_episodes: 5 noisy episodes need action_noise" in text
-    assert "tasks[1].noisy_episodes: action noise needs continuous actions; babyai/GoToLocal" in text
+    assert "tasks[1].action_noise: 1.5 for babyai/GoToLocal's discrete actions; expected the probability" in text
     assert "tasks[2].action_noise: expected a number in (0, 2]" in text

@@ -81,5 +81,14 @@ def test_action_noise_perturbs_the_executed_actions_and_records_the_experts_own(
     expert.reset([0])
     relabelled = np.concatenate([expert.act(o[None].astype(np.float64)) for o in obs_noisy[:100]])
     np.testing.assert_allclose(noisy.steps["act_continuous"][:100], relabelled, atol=1e-3)
-    with pytest.raises(ValueError, match="needs continuous"):
-        rollout("babyai/GoToLocal", "scripted", num_envs=1, episodes=1, seed=0, action_noise=0.1)
+    with pytest.raises(ValueError, match="for discrete actions it is a probability"):
+        rollout("babyai/GoToLocal", "scripted", num_envs=1, episodes=1, seed=0, action_noise=1.5)
+
+
+def test_babyai_bot_replans_from_random_actions_it_is_told_about():
+    """Discrete DART: 30% of the executed actions are random; the bot, told each one, still
+    solves the episodes, in more steps."""
+    clean = rollout("babyai/GoToLocal", "scripted", num_envs=4, episodes=24, seed=3)
+    noisy = rollout("babyai/GoToLocal", "scripted", num_envs=4, episodes=24, seed=3, action_noise=0.3)
+    assert clean.success_rate == 1.0 and noisy.success_rate >= 0.95
+    assert np.mean(noisy.lengths) > np.mean(clean.lengths) + 1
