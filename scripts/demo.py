@@ -62,7 +62,7 @@ class DemoConfig:
     """dataset spec to collect"""
     train_config: str = str(REPO / "trainer" / "configs" / "demo.yaml")
     """trainer YAML for the small Gato"""
-    train_minutes: float = 28.0
+    train_minutes: float = 27.0
     """wall-clock budget of the training stage in this invocation (it stops at a checkpoint); with
     about 6 minutes of collection and 5 of evaluation (idle machine) the demo stays under 45 minutes"""
     tasks: tuple[str, ...] = DEMO_TASKS
