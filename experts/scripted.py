@@ -46,11 +46,19 @@ class BabyAIBotExpert:
         self._taken: list[int | None] = [None] * len(self._envs)  # what each env executed last, if not our advice
 
     def act(self, obs_batch: Any, deterministic: bool = True) -> np.ndarray:
+        from minigrid.utils.baby_ai_bot import DisappearedBoxError
+
         actions = np.zeros(batch_size(obs_batch), dtype=np.int64)
         for i, env in enumerate(self._envs):
             if self._bots[i] is None:
                 self._bots[i] = self._bot_class(env)
-            actions[i] = int(self._bots[i].replan(self._taken[i]))
+            try:
+                actions[i] = int(self._bots[i].replan(self._taken[i]))
+            except DisappearedBoxError:
+                # an executed random toggle opened a box (it vanishes): a new bot plans from the
+                # grid as it is now, where the old one refuses to
+                self._bots[i] = self._bot_class(env)
+                actions[i] = int(self._bots[i].replan())
         self._taken = [None] * len(self._envs)
         return actions
 
