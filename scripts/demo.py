@@ -63,8 +63,12 @@ class DemoConfig:
     train_config: str = str(REPO / "trainer" / "configs" / "demo.yaml")
     """trainer YAML for the small Gato"""
     train_minutes: float = 27.0
-    """wall-clock budget of the training stage in this invocation (it stops at a checkpoint); with
-    about 6 minutes of collection and 5 of evaluation (idle machine) the demo stays under 45 minutes"""
+    """wall-clock budget of the training stage in this invocation (it stops at a checkpoint)"""
+    total_minutes: float = 44.0
+    """budget of the whole invocation: training also stops in time to leave --eval-minutes before
+    it ends, however long collection took (0 = no such cap)"""
+    eval_minutes: float = 5.0
+    """what --total-minutes keeps for evaluation and the report (about 4 minutes here)"""
     tasks: tuple[str, ...] = DEMO_TASKS
     """tasks to evaluate (Atari/Procgen are collected but neither trained on nor evaluated)"""
     episodes: int = 50
@@ -99,6 +103,7 @@ def main(config: DemoConfig) -> int:
     runners = {"collect": _collect, "validate": _validate, "curate": _curate, "tokenizer": _tokenizer,
                "train": _train, "evaluate": _evaluate, "report": _report}
     total_start = time.perf_counter()
+    runners["train"] = lambda config, out: _train(config, out, demo_start=total_start)
     for number, name in enumerate(STAGES, 1):
         if getattr(config, f"skip_{name}"):
             print(f"[demo] {number}/{len(STAGES)} {name}: skipped (--skip-{name})", flush=True)
@@ -155,14 +160,23 @@ def _tokenizer(config: DemoConfig, out: Path) -> str:
     return ""
 
 
-def _train(config: DemoConfig, out: Path) -> str:
-    """Slices of `checkpoint_every` steps, so the budget is kept without losing work past a checkpoint."""
+def _train(config: DemoConfig, out: Path, demo_start: float | None = None) -> str:
+    """Slices of `checkpoint_every` steps, so the budget is kept without losing work past a checkpoint.
+
+    The budget is --train-minutes, cut short when the demo started at ``demo_start`` would
+    otherwise leave less than --eval-minutes of its --total-minutes."""
     settings = yaml.safe_load(Path(config.train_config).read_text()) or {}
     total, slice_steps = int(settings.get("steps", 1000)), int(settings.get("checkpoint_every", 200))
     run = out / "train"
     command = ["-m", "trainer.train", "--data", str(out / "curated"), "--config", config.train_config,
                "--out", str(run), "--loader.text-model", str(out / "text.model")]
     deadline = time.perf_counter() + 60 * config.train_minutes
+    if config.total_minutes and demo_start is not None:
+        total_deadline = demo_start + 60 * (config.total_minutes - config.eval_minutes)
+        if total_deadline < deadline:
+            print(f"[demo] train: {max(0.0, (total_deadline - time.perf_counter()) / 60):.1f} minutes left for training "
+                  f"(--total-minutes {config.total_minutes:g} keeps {config.eval_minutes:g} for evaluation)", flush=True)
+            deadline = total_deadline
     per_step = 0.0  # seconds per step of the latest slice, its process start included
     start_step = step = _checkpoint_step(run)
     while step < total:
@@ -171,9 +185,9 @@ def _train(config: DemoConfig, out: Path) -> str:
         # training early); the last slice is cut to the time left
         fits = int(left / per_step) if per_step else slice_steps
         steps = min(slice_steps, total - step, fits)
-        if steps < min(MIN_SLICE_STEPS, total - step):
-            print(f"[demo] train: stopping at step {step}/{total}: {left:.0f} s of the {config.train_minutes:g}-minute "
-                  f"budget left, a step takes {per_step:.2f} s", flush=True)
+        if left <= 0 or steps < min(MIN_SLICE_STEPS, total - step):
+            print(f"[demo] train: stopping at step {step}/{total}: {max(left, 0.0):.0f} s of the training budget left, "
+                  f"a step takes {per_step:.2f} s", flush=True)
             break
         began = time.perf_counter()
         _run("train", [*command, "--stop-after-steps", str(steps)])

@@ -1,0 +1,30 @@
+"""scripts/demo.py keeps the whole demo inside --total-minutes: training gets only what is left."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _demo_module():
+    spec = importlib.util.spec_from_file_location("gatoforge_demo", REPO / "scripts" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_is_skipped_when_the_total_budget_leaves_only_evaluation_time(tmp_path, capsys):
+    demo = _demo_module()
+    config = demo.DemoConfig(out=str(tmp_path), train_minutes=27, total_minutes=44, eval_minutes=5)
+    started = time.perf_counter() - 40 * 60  # collection took 40 minutes: 39 - 40 < 0 left to train
+    note = demo._train(config, tmp_path, demo_start=started)
+    assert note.startswith("steps 0 -> 0 of ")
+    printed = capsys.readouterr().out
+    assert "minutes left for training (--total-minutes 44 keeps 5 for evaluation)" in printed
+    assert "stopping at step 0/" in printed
+    assert not (tmp_path / "train").exists()  # no trainer was started
