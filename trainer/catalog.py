@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ import pyarrow.parquet as pq
 from shards.format import OBS_IMAGE, OBS_TEXT
 from shards.manifest import TaskSpec
 from shards.reader import Dataset, ShardError, binary_to_frames, list_to_matrix, open_parquet
+from trainer.buffers import BufferPool
 from trainer.text_tokenizer import TextTokenizer
 from trainer.tokenizer import StepLayout, StepTokens, text_token_lengths, tokenize_steps
 
@@ -47,6 +49,10 @@ UNITS_PER_SHARD = 8
 """when row groups are too few for two units per loader shard, cut them into this many per shard"""
 READERS = 1
 """threads that load hinted units ahead"""
+IMAGE_BATCH_ROWS = 64
+"""rows of an image column decoded at a time (see ``read_image_row_group``)"""
+FRAME_BUFFER_BYTES = 256 << 20
+"""decoded frames' buffers kept for reuse once their units are gone (trainer/buffers.py)"""
 _NONE = np.zeros(0, np.int64)
 
 
@@ -148,10 +154,11 @@ class Catalog:
         self._reader: ThreadPoolExecutor | None = None
         self._reader_pid = 0
         self._ahead: dict[tuple[str, int], Future] = {}
+        self._frames: tuple[int, BufferPool] | None = None  # (pid, pool): a forked worker starts its own
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.update(_open=OrderedDict(), _groups=OrderedDict(), _lock=None, _reader=None, _ahead={})
+        state.update(_open=OrderedDict(), _groups=OrderedDict(), _lock=None, _reader=None, _ahead={}, _frames=None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -271,6 +278,14 @@ class Catalog:
                 self._open.popitem(last=False)
         return handle
 
+    def _frame_buffers(self) -> BufferPool:
+        """This process's pool of frame buffers (a forked worker's writes into its parent's
+        buffers would be copy-on-write faults, dearer than fresh pages)."""
+        with self._lock:
+            if self._frames is None or self._frames[0] != os.getpid():
+                self._frames = (os.getpid(), BufferPool(FRAME_BUFFER_BYTES))
+            return self._frames[1]
+
     def _row_group_starts(self, file: int) -> np.ndarray:
         starts = self._footers.get(file)
         if starts is None:
@@ -289,7 +304,11 @@ class Catalog:
                 self._groups.move_to_end(key)
                 return table
         try:
-            table = self._parquet(file).read_row_group(group, columns=columns, use_threads=False)
+            parquet = self._parquet(file)
+            if OBS_IMAGE in columns:
+                table = read_image_row_group(parquet, group, columns, self._frame_buffers().take)
+            else:
+                table = parquet.read_row_group(group, columns=columns, use_threads=False)
         except (pa.ArrowInvalid, OSError, KeyError) as error:
             root, name = self.files[file]
             raise ShardError(f"{self.roots[root]}/{name}: row group {group} unreadable ({error})") from None
@@ -322,6 +341,48 @@ class Catalog:
         if len(episodes) == 1 or np.array_equal(offsets[1:], ends[:-1]):
             return table.slice(lo - base, hi - lo)
         return pa.concat_tables([table.slice(int(o) - base, int(e - o)) for o, e in zip(offsets, ends)])
+
+
+def read_image_row_group(parquet: pq.ParquetFile, group: int, columns: list[str],
+                         buffer_for: Callable[[int], np.ndarray] | None = None) -> pa.Table:
+    """``parquet.read_row_group(group, columns)`` for a group with an ``obs_image`` column,
+    decoded IMAGE_BATCH_ROWS rows at a time with the frames copied into one buffer
+    (``buffer_for(nbytes)``, default fresh memory).
+
+    Why: Arrow decodes a binary column into a builder that grows by doubling, so reading a
+    22 MB column of frames in one go takes ~70 MB from the allocator; a fresh DataLoader
+    worker gets that as new pages (a kernel fault and zeroing per page, the dominant cost of
+    a worker's first passes over image data on the benchmark machine). Batch by batch the
+    decoder reuses the same few MB, and the frames land in one buffer of their final size.
+    Falls back to the plain read for frames of unequal sizes or with nulls."""
+    rows = parquet.metadata.row_group(group).num_rows
+    image = columns.index(OBS_IMAGE)
+    frames: np.ndarray | None = None
+    parts: list[list[pa.Array]] = [[] for _ in columns]
+    at = width = 0
+    for batch in parquet.iter_batches(batch_size=IMAGE_BATCH_ROWS, row_groups=[group], columns=columns, use_threads=False):
+        column = batch.column(image)
+        if column.type != pa.binary() or column.null_count:
+            return parquet.read_row_group(group, columns=columns, use_threads=False)
+        offsets = np.frombuffer(column.buffers()[1], np.int32, len(column) + 1, column.offset * 4)
+        if frames is None:
+            width = int(offsets[1] - offsets[0]) if len(column) else 0
+            frames = buffer_for(rows * width) if buffer_for is not None else np.empty(rows * width, np.uint8)
+        if int(offsets[-1] - offsets[0]) != width * len(column) or at + len(column) > rows:
+            return parquet.read_row_group(group, columns=columns, use_threads=False)
+        frames[at * width:(at + len(column)) * width] = np.frombuffer(column.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
+        at += len(column)
+        for index, part in enumerate(parts):
+            if index != image:
+                part.append(batch.column(index))
+    if frames is None or at != rows:
+        return parquet.read_row_group(group, columns=columns, use_threads=False)
+    ends = np.arange(0, (rows + 1) * width, width, dtype=np.int64)
+    if ends[-1] >= 1 << 31:
+        return parquet.read_row_group(group, columns=columns, use_threads=False)
+    arrays = [pa.Array.from_buffers(pa.binary(), rows, [None, pa.py_buffer(ends.astype(np.int32)), pa.py_buffer(frames)])
+              if index == image else pa.concat_arrays(part) for index, part in enumerate(parts)]
+    return pa.Table.from_arrays(arrays, names=columns)
 
 
 def table_to_steps(table: pa.Table, spec: TaskSpec) -> dict:

@@ -213,6 +213,8 @@ class GatoDataset(IterableDataset):
         if info is None:
             self._consumed = [skip]
         group = self.batch_size or 1
+        if info is not None and self.ring is not None:
+            self.ring.map_arena(worker)
         self.catalog.start_read_ahead()
         sampler.read_ahead = self.catalog.read_ahead
         sampler.read_first_units()
@@ -234,7 +236,7 @@ class GatoDataset(IterableDataset):
                 held = []
                 if info is None:
                     layout = write_batch(plans, sampler, lambda n: held.append(host_buffer(n)) or held[0], targets)
-                    block = torch.from_numpy(held[0])
+                    block = held[0]
                 else:  # one torch shared segment, which the DataLoader sends as it is
                     layout = write_batch(plans, sampler, lambda n: held.extend(shared_buffer(n)) or held[1], targets)
                     block = held[0]
@@ -271,7 +273,7 @@ class GatoDataset(IterableDataset):
             return buffer
 
         layout = write_batch(plans, sampler, buffer_for, self.config.observation_targets)
-        message = {"layout": layout.key()}
+        message = {"layout": layout.key(), "real_tokens": sum(plan.num_tokens for plan in plans)}
         if "ticket" in where:
             message["ring"] = (worker, where["ticket"], where["offset"])
         else:
@@ -285,8 +287,8 @@ class GatoDataset(IterableDataset):
         if "ring" in message:
             worker, ticket, offset = message["ring"]
             region = ring.view(worker, offset, layout.nbytes)
-            ring.lend(region, worker, ticket)  # the tensors' storage holds ``region``: freed with the last of them
-            return as_tensors(layout, torch.from_numpy(region))
+            ring.lend(region, worker, ticket)  # the tensors hold ``region``: freed with the last of them
+            return as_tensors(layout, region)
         return as_tensors(layout, message["buffer"])
 
     # -------------------------------------------------------------- state
@@ -361,10 +363,16 @@ class SequenceLoader:
                 worker = turn % workers
                 turn += 1
                 for item in message["bundle"] if "bundle" in message else [message]:  # a worker's message
-                    batch = self.dataset.receive(item, ring) if "layout" in item else item
-                    self.consumed[worker] += len(batch["tokens"])
-                    self.real_tokens += int(batch["attention_mask"].sum())
-                    self.total_tokens += batch["attention_mask"].numel()
+                    if "layout" in item:  # the worker counted the real tokens: no pass over the mask here
+                        batch = self.dataset.receive(item, ring)
+                        real = item["real_tokens"]
+                    else:
+                        batch = item
+                        real = int(batch["attention_mask"].sum())
+                    rows, length = batch["attention_mask"].shape
+                    self.consumed[worker] += rows
+                    self.real_tokens += real
+                    self.total_tokens += rows * length
                     yield batch
         finally:
             self.dataset.ring = None
