@@ -12,6 +12,11 @@ a loader worker decodes. A buffer that was used before is already mapped.
 
 A buffer is free again when nothing but the pool refers to it: every numpy view of it
 (``take`` returns one) and every Arrow buffer over such a view holds a reference.
+
+With a ``backing`` (a DataLoader worker's store in the loader's shared memory,
+trainer/ring.py) new buffers are carved from it rather than allocated: the loader's process
+keeps that memory between passes, so the next pass's fresh worker finds the pages there
+instead of faulting in new ones; what does not fit is allocated as usual.
 """
 
 from __future__ import annotations
@@ -20,15 +25,22 @@ import sys
 
 import numpy as np
 
+PAGE = 4096
+
 
 class BufferPool:
     """Recycles uint8 buffers: ``take(n)`` gives the smallest free one of at least ``n`` bytes,
     or a new one; free buffers beyond ``keep_bytes`` are dropped (oldest first)."""
 
-    def __init__(self, keep_bytes: int, most_buffers: int = 16) -> None:
+    def __init__(self, keep_bytes: int, most_buffers: int = 16, backing: np.ndarray | None = None,
+                 high_water: np.ndarray | None = None) -> None:
         self.keep_bytes = keep_bytes
         self.most_buffers = most_buffers
+        self.backing = backing
+        self.high_water = high_water
+        """an int64 array of one: raised to the end of the furthest buffer carved from ``backing``"""
         self._buffers: list[np.ndarray] = []  # most recently taken last
+        self._carved: dict[int, int] = {}  # id of a buffer carved from ``backing`` -> its offset
 
     def take(self, nbytes: int) -> np.ndarray:
         """``nbytes`` bytes (contents undefined), as a view of a buffer the pool keeps."""
@@ -36,10 +48,42 @@ class BufferPool:
         if free:
             buffer = self._buffers.pop(min(free, key=lambda i: self._buffers[i].nbytes))
         else:
-            buffer = np.empty(max(nbytes, 1), np.uint8)
-            self._trim(buffer.nbytes)
+            self._trim(nbytes)
+            buffer = self._carve(nbytes)
+            if buffer is None:
+                buffer = np.empty(max(nbytes, 1), np.uint8)
         self._buffers.append(buffer)
         return buffer[:nbytes]
+
+    def _carve(self, nbytes: int) -> np.ndarray | None:
+        """A new buffer from the first gap of ``backing`` that holds ``nbytes`` (page-aligned),
+        dropping free carved buffers when no gap does; None when even that leaves no room."""
+        if self.backing is None:
+            return None
+        size = -(-max(nbytes, 1) // PAGE) * PAGE
+        start = self._gap(size)
+        if start is None:
+            for i in reversed(self._free()):
+                if id(self._buffers[i]) in self._carved:
+                    del self._carved[id(self._buffers.pop(i))]
+            start = self._gap(size)
+            if start is None:
+                return None
+        # its own array over a memoryview (not a view of ``backing``): views of it count as its references
+        buffer = np.frombuffer(memoryview(self.backing)[start:start + size], np.uint8)
+        self._carved[id(buffer)] = start
+        if self.high_water is not None:
+            self.high_water[0] = max(int(self.high_water[0]), start + size)
+        return buffer
+
+    def _gap(self, size: int) -> int | None:
+        spans = sorted((self._carved[id(b)], self._carved[id(b)] + b.nbytes) for b in self._buffers if id(b) in self._carved)
+        at = 0
+        for start, end in spans:
+            if start - at >= size:
+                return at
+            at = max(at, end)
+        return at if len(self.backing) - at >= size else None
 
     @property
     def held_bytes(self) -> int:
@@ -66,4 +110,4 @@ class BufferPool:
             free_bytes -= self._buffers[i].nbytes
             count -= 1
         for i in reversed(drop):
-            del self._buffers[i]
+            self._carved.pop(id(self._buffers.pop(i)), None)

@@ -155,10 +155,13 @@ class Catalog:
         self._reader_pid = 0
         self._ahead: dict[tuple[str, int], Future] = {}
         self._frames: tuple[int, BufferPool] | None = None  # (pid, pool): a forked worker starts its own
+        self.frame_store: tuple[np.ndarray, np.ndarray] | None = None
+        """(memory, its high-water mark) that a worker carves frame buffers from (BatchRing.store)"""
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.update(_open=OrderedDict(), _groups=OrderedDict(), _lock=None, _reader=None, _ahead={}, _frames=None)
+        state.update(_open=OrderedDict(), _groups=OrderedDict(), _lock=None, _reader=None, _ahead={}, _frames=None,
+                     frame_store=None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -283,8 +286,22 @@ class Catalog:
         buffers would be copy-on-write faults, dearer than fresh pages)."""
         with self._lock:
             if self._frames is None or self._frames[0] != os.getpid():
-                self._frames = (os.getpid(), BufferPool(FRAME_BUFFER_BYTES))
+                backing, high_water = self.frame_store or (None, None)
+                self._frames = (os.getpid(), BufferPool(FRAME_BUFFER_BYTES, backing=backing, high_water=high_water))
             return self._frames[1]
+
+    def frame_bytes_held(self, units_per_task: int) -> int:
+        """Decoded frames of ``units_per_task`` of the largest row groups of every image task:
+        about what a worker holds at once (its tasks' prompt pools and the units in flight)."""
+        total = 0
+        for task in self.task_names:
+            layout = self.layouts[task]
+            if not layout.patches:
+                continue
+            files = np.unique(self.episode_file[self.episodes_of(task)])
+            rows = max((int(np.diff(self._row_group_starts(int(f))).max(initial=0)) for f in files), default=0)
+            total += units_per_task * rows * int(np.prod(layout.image_shape))
+        return total
 
     def _row_group_starts(self, file: int) -> np.ndarray:
         starts = self._footers.get(file)

@@ -91,6 +91,10 @@ RING_MESSAGES = 3
 """each worker's shared-memory arena holds this many of the largest messages (sent, in flight, held)"""
 RING_MIN_BYTES, RING_MAX_BYTES = 16 << 20, 512 << 20
 """bounds on an arena; a batch bigger than the arena travels as a torch shared tensor"""
+STORE_EXTRA_UNITS, STORE_MAX_BYTES = 3, 256 << 20
+"""a worker's frame store (shared memory kept between passes) holds the prompt pool's units of
+every image task plus this many (read ahead, cached, held by buffered plans), up to the cap;
+frames that do not fit go to the worker's own memory"""
 
 @dataclass
 class DataConfig:
@@ -215,6 +219,8 @@ class GatoDataset(IterableDataset):
         group = self.batch_size or 1
         if info is not None and self.ring is not None:
             self.ring.map_arena(worker)
+            if self.ring.store_bytes:  # decode frames into memory the loader keeps warm between passes
+                self.catalog.frame_store = (self.ring.store(worker), self.ring.store_used[worker:worker + 1])
         self.catalog.start_read_ahead()
         sampler.read_ahead = self.catalog.read_ahead
         sampler.read_first_units()
@@ -390,7 +396,9 @@ class SequenceLoader:
         most = BatchLayout.max_bytes(self.batch_size, dataset.config.sequence_length, dataset.max_patches,
                                      *dataset.max_frames, dataset.config.observation_targets, dataset.config.provenance)
         arena = RING_MESSAGES * (most + BUNDLE_BYTES)
-        return BatchRing.claim(self.num_workers, min(max(arena, RING_MIN_BYTES), RING_MAX_BYTES))
+        store = dataset.catalog.frame_bytes_held(dataset.config.prompt_pool_units + STORE_EXTRA_UNITS)
+        return BatchRing.claim(self.num_workers, min(max(arena, RING_MIN_BYTES), RING_MAX_BYTES),
+                               min(store, STORE_MAX_BYTES))
 
     def __len__(self) -> int:
         raise TypeError("a streaming loader has no length")

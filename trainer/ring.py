@@ -43,28 +43,34 @@ class BatchRing:
 
     _kept: list[BatchRing] = []
 
-    def __init__(self, workers: int, arena_bytes: int) -> None:
+    def __init__(self, workers: int, arena_bytes: int, store_bytes: int = 0) -> None:
         self.workers = workers
         self.arena_bytes = -(-arena_bytes // ALIGN) * ALIGN
-        header = -(-workers * TICKETS * 17 // ALIGN) * ALIGN
-        self._map = mmap.mmap(-1, header + workers * self.arena_bytes)  # MAP_SHARED | MAP_ANONYMOUS
+        self.store_bytes = -(-store_bytes // ALIGN) * ALIGN
+        header = -(-workers * (TICKETS * 17 + 8) // ALIGN) * ALIGN
+        stores = header + workers * self.arena_bytes
+        self._map = mmap.mmap(-1, stores + workers * self.store_bytes)  # MAP_SHARED | MAP_ANONYMOUS
         self.memory = np.frombuffer(self._map, np.uint8)
         self.flags = self.memory[:workers * TICKETS].reshape(workers, TICKETS)
         self.regions = self.memory[workers * TICKETS:workers * TICKETS * 17].view(np.int64).reshape(workers, TICKETS, 2)
-        self.arenas = self.memory[header:].reshape(workers, self.arena_bytes)
+        self.store_used = self.memory[workers * TICKETS * 17:workers * (TICKETS * 17 + 8)].view(np.int64)
+        """how many bytes of each worker's store a worker of any pass has used (its high-water mark)"""
+        self.arenas = self.memory[header:stores].reshape(workers, self.arena_bytes)
+        self.stores = self.memory[stores:].reshape(workers, self.store_bytes)
         self._head = [0] * workers
         self._ticket = [0] * workers
         self.claimed = False
 
     @classmethod
-    def claim(cls, workers: int, arena_bytes: int) -> BatchRing:
+    def claim(cls, workers: int, arena_bytes: int, store_bytes: int = 0) -> BatchRing:
         """A ring of this shape that no pass is using (one kept from an earlier pass: its pages
         are warm), or a new one; ``unclaim`` it after the pass."""
         for ring in cls._kept:
-            if not ring.claimed and ring.workers == workers and ring.arena_bytes >= arena_bytes:
+            if (not ring.claimed and ring.workers == workers and ring.arena_bytes >= arena_bytes
+                    and ring.store_bytes >= store_bytes):
                 break
         else:
-            ring = cls(workers, arena_bytes)
+            ring = cls(workers, arena_bytes, store_bytes)
             idle = [r for r in cls._kept if not r.claimed]
             if len(cls._kept) >= KEPT_RINGS and idle:
                 cls._kept.remove(idle[0])  # the mapping goes once no batch uses it
@@ -73,22 +79,33 @@ class BatchRing:
         ring._head = [0] * workers
         return ring
 
+    def store(self, worker: int) -> np.ndarray:
+        """``worker``'s store: memory for what the worker decodes (trainer/buffers.py carves
+        it), kept with the ring, so a later pass's worker finds its pages already there."""
+        return self.stores[worker]
+
     def unclaim(self) -> None:
         self.claimed = False
 
     def map_arena(self, worker: int) -> None:
-        """Map ``worker``'s arena into this process's page tables in one call, where writing
-        it would take a page fault per 4 KB: a forked worker inherits the mapping but not its
-        page-table entries. Measured here: 32 MB in ~3.5 ms this way, ~18 ms by faults. Only
-        a hint (MADV_POPULATE_READ, Linux >= 5.14); elsewhere the faults happen as before."""
+        """Map ``worker``'s arena, and the part of its store earlier passes used, into this
+        process's page tables in one call each, where touching them would take a page fault
+        per 4 KB: a forked worker inherits the mapping but not its page-table entries.
+        Measured here: 32 MB in ~3.5 ms this way, ~18 ms by faults. Only a hint
+        (MADV_POPULATE_READ, Linux >= 5.14); elsewhere the faults happen as before."""
         advice = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform.startswith("linux") else None)
         if advice is None:
             return
-        start = self.arenas.ctypes.data - self.memory.ctypes.data + worker * self.arena_bytes
-        try:
-            self._map.madvise(advice, start, self.arena_bytes)
-        except (OSError, ValueError):
-            pass
+        base = self.memory.ctypes.data
+        spans = [(self.arenas[worker].ctypes.data - base, self.arena_bytes)]
+        used = -(-int(self.store_used[worker]) // ALIGN) * ALIGN
+        if used:
+            spans.append((self.stores[worker].ctypes.data - base, min(used, self.store_bytes)))
+        for start, length in spans:
+            try:
+                self._map.madvise(advice, start, length)
+            except (OSError, ValueError):
+                return
 
     def acquire(self, worker: int, nbytes: int, timeout: float = 0.05) -> tuple[int, int, np.ndarray] | None:
         """Room for ``nbytes`` in ``worker``'s arena: (ticket, offset, buffer), or None when the
