@@ -41,10 +41,13 @@ log = logging.getLogger(__name__)
 
 OPEN_FILES = 16
 CACHED_ROW_GROUPS = 8
-"""decoded row groups kept at most (units that share a row group read it once)"""
+"""decoded row groups kept at most per task (units that share a row group read it once)"""
 CACHED_BYTES = 32 << 20
-"""decoded row groups kept (for units that share one) up to this many bytes: a big row group is its
-own unit, and keeping it would only grow the working set (fresh memory faults, page by page)"""
+"""decoded row groups kept per task (for units that share one) up to this many bytes: a big row
+group is its own unit, and keeping it would only grow the working set (fresh memory faults,
+page by page). Per task, so that one task's big row groups do not push out another's small
+shared one (Atari-like groups evicted a Meta-World-like group that its 8 units all read: it
+was decoded 8 times a pass)"""
 UNITS_PER_SHARD = 8
 """when row groups are too few for two units per loader shard, cut them into this many per shard"""
 READERS = 1
@@ -149,7 +152,8 @@ class Catalog:
         self.layouts = {task: StepLayout.of(self.specs[task]) for task in self.task_names}
         self._footers: dict[int, np.ndarray] = {}
         self._open: OrderedDict[int, pq.ParquetFile] = OrderedDict()
-        self._groups: OrderedDict[tuple, pa.Table] = OrderedDict()
+        self._groups: dict[int, OrderedDict[tuple, pa.Table]] = {}  # task code -> (file, group, columns) -> table
+        self._file_task = dict(zip(self.episode_file.tolist(), self.episode_task.tolist()))
         self._lock = threading.RLock()
         self._reader: ThreadPoolExecutor | None = None
         self._reader_pid = 0
@@ -160,7 +164,7 @@ class Catalog:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.update(_open=OrderedDict(), _groups=OrderedDict(), _lock=None, _reader=None, _ahead={}, _frames=None,
+        state.update(_open=OrderedDict(), _groups={}, _lock=None, _reader=None, _ahead={}, _frames=None,
                      frame_store=None)
         return state
 
@@ -316,9 +320,10 @@ class Catalog:
         decode side by side (pyarrow releases the GIL); only the cache is locked."""
         key = (file, group, tuple(columns))
         with self._lock:
-            table = self._groups.get(key)
+            cache = self._groups.setdefault(self._file_task[file], OrderedDict())
+            table = cache.get(key)
             if table is not None:
-                self._groups.move_to_end(key)
+                cache.move_to_end(key)
                 return table
         try:
             parquet = self._parquet(file)
@@ -330,10 +335,10 @@ class Catalog:
             root, name = self.files[file]
             raise ShardError(f"{self.roots[root]}/{name}: row group {group} unreadable ({error})") from None
         with self._lock:
-            self._groups[key] = table
-            held = sum(t.nbytes for t in self._groups.values())
-            while len(self._groups) > 1 and (len(self._groups) > CACHED_ROW_GROUPS or held > CACHED_BYTES):
-                held -= self._groups.popitem(last=False)[1].nbytes
+            cache[key] = table
+            held = sum(t.nbytes for t in cache.values())
+            while len(cache) > 1 and (len(cache) > CACHED_ROW_GROUPS or held > CACHED_BYTES):
+                held -= cache.popitem(last=False)[1].nbytes
         return table
 
     def _read_rows(self, episodes: np.ndarray, columns: list[str]) -> pa.Table:
