@@ -121,8 +121,11 @@ def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray],
         rows[at:at + count] = grid_rows
         cols[at:at + count] = grid_cols
         at += count
-    lengths = np.array(lengths)
-    np.less(np.arange(length), lengths[:, None], out=out["attention_mask"])
+    attention = out["attention_mask"]
+    attention.fill(True)
+    for row, n in enumerate(lengths):  # rows are full but where a finite stream ran out
+        if n < length:
+            attention[row, n:] = False
     np.equal(tokens, IMAGE_PLACEHOLDER, out=out["is_image"])
     if observation_targets:
         out["obs_targets"][...] = tokens

@@ -25,6 +25,7 @@ mapping); otherwise the loader uses torch's own transport.
 from __future__ import annotations
 
 import mmap
+import os
 import sys
 import time
 import weakref
@@ -59,6 +60,9 @@ class BatchRing:
         self.stores = self.memory[stores:].reshape(workers, self.store_bytes)
         self._head = [0] * workers
         self._ticket = [0] * workers
+        self._out: dict[int, list[tuple[int, int, int]]] = {}  # see _outstanding
+        self._out_pid = 0
+        self._flag_bytes = memoryview(self.memory[:workers * TICKETS])
         self.claimed = False
 
     @classmethod
@@ -77,6 +81,7 @@ class BatchRing:
             cls._kept.append(ring)
         ring.claimed = True
         ring._head = [0] * workers
+        ring._out_pid = 0  # read the outstanding batches from the flags again
         return ring
 
     def store(self, worker: int) -> np.ndarray:
@@ -130,6 +135,7 @@ class BatchRing:
         self._ticket[worker] = (ticket + 1) % TICKETS
         regions[ticket] = (start, start + size)
         flags[ticket] = FULL
+        self._out[worker].append((ticket, start, start + size))
         self._head[worker] = start + size
         return ticket, start, self.arenas[worker, start:start + nbytes]
 
@@ -137,21 +143,38 @@ class BatchRing:
         """The first offset, going round from the head, where ``size`` bytes overlap no batch
         still out: a batch the consumer holds is stepped over, not waited for (waiting on it
         stalled every later batch of the pass), so only a full arena makes a worker wait."""
-        out = np.flatnonzero(self.flags[worker] == FULL)
+        out = self._outstanding(worker)
         if len(out) >= TICKETS:
             return None
-        spans = self.regions[worker][out]
         head = self._head[worker]
         head = head if head + size <= self.arena_bytes else 0
-        if not ((spans[:, 0] < head + size) & (head < spans[:, 1])).any():
+        if not any(start < head + size and head < end for _, start, end in out):
             return head  # the usual case: the bytes after the last batch are free
+        spans = np.array([(start, end) for _, start, end in out], np.int64)
         ends = np.sort(spans[:, 1])
         candidates = np.concatenate([[head], ends[ends >= head], [0], ends[ends < head]])
         candidates = candidates[candidates + size <= self.arena_bytes]
-        if len(spans):
-            clear = ~((spans[None, :, 0] < candidates[:, None] + size) & (candidates[:, None] < spans[None, :, 1])).any(1)
-            candidates = candidates[clear]
+        clear = ~((spans[None, :, 0] < candidates[:, None] + size) & (candidates[:, None] < spans[None, :, 1])).any(1)
+        candidates = candidates[clear]
         return int(candidates[0]) if len(candidates) else None
+
+    def _outstanding(self, worker: int) -> list[tuple[int, int, int]]:
+        """(ticket, start, end) of every batch of ``worker``'s arena still out. Kept as a list
+        in the worker (a few entries; numpy calls on the 256 flags cost ~80 us an acquire):
+        read from the flags at a process's first acquire (batches of earlier passes may still
+        be held), then appended to on acquire and pruned as the consumer frees them."""
+        if self._out_pid != os.getpid():
+            self._out_pid = os.getpid()
+            self._out = {}
+        out = self._out.get(worker)
+        if out is None:
+            regions = self.regions[worker]
+            out = self._out[worker] = [(int(t), int(regions[t, 0]), int(regions[t, 1]))
+                                       for t in np.flatnonzero(self.flags[worker] == FULL)]
+        else:
+            flags, base = self._flag_bytes, worker * TICKETS  # a memoryview: an int per read, no numpy scalar
+            out[:] = [entry for entry in out if flags[base + entry[0]] == FULL]
+        return out
 
     def view(self, worker: int, offset: int, nbytes: int) -> np.ndarray:
         return self.arenas[worker, offset:offset + nbytes]
