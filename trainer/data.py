@@ -374,7 +374,7 @@ class SequenceLoader:
                         real = item["real_tokens"]
                     else:
                         batch = item
-                        real = int(batch["attention_mask"].sum())
+                        real = int(np.count_nonzero(batch["attention_mask"].numpy()))  # torch's sum: ~50 us
                     rows, length = batch["attention_mask"].shape
                     self.consumed[worker] += rows
                     self.real_tokens += real

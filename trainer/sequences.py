@@ -321,9 +321,9 @@ class ShardSampler:
         for pool_unit, tokens, found in candidates:
             count = len(found) - (tokens is current)
             if pick < count:
-                if tokens is current and pick >= int(found.searchsorted(own)):
+                if tokens is current and pick >= bisect.bisect_left(found, own):
                     pick += 1  # step over its own episode
-                index = int(found[pick])
+                index = found[pick]
                 break
             pick -= count
         first, last = tokens.starts[index], tokens.starts[index + 1]
