@@ -81,8 +81,9 @@ def test_image_row_group_falls_back_for_nulls_and_unequal_frames(tmp_path):
     assert read_image_row_group(parquet, 0, ["obs_image"]).equals(parquet.read_row_group(0, columns=["obs_image"]))
 
 
-def test_loader_reuses_frame_buffers_across_units(tmp_path):
-    """Decoding unit after unit of an image task takes no new buffer once earlier units are gone."""
+def test_loader_reuses_unit_buffers_across_units(tmp_path):
+    """Decoding and tokenizing unit after unit of an image task takes no new buffers once
+    earlier units are gone (4 per unit: frames, ids, positions, loss mask)."""
     from shards import Manifest, TaskSpec, index_table, write_index, write_manifest
     from trainer.catalog import Catalog
 
@@ -107,9 +108,10 @@ def test_loader_reuses_frame_buffers_across_units(tmp_path):
         tokens = catalog.load_unit(task, unit)
         assert np.array_equal(tokens.steps.frames, np.stack(list(_frames_of(root, catalog, unit))))
         del tokens
-    pool = catalog._frame_buffers()
-    # the buffers of the row groups the catalog still caches, and one more, served all 16 units
-    assert len(pool._buffers) <= CACHED_ROW_GROUPS + 1
+    pool = catalog._buffers()
+    # the frames of the row groups the catalog still caches, one more, and one unit's token
+    # arrays served all 16 units (64 buffers without reuse)
+    assert len(pool._buffers) <= CACHED_ROW_GROUPS + 1 + 3
 
 
 def _frames_of(root, catalog, unit):
@@ -151,3 +153,45 @@ def test_worker_maps_its_ring_arena_in_one_call():
         pytest.skip("this kernel has no MADV_POPULATE_READ (Linux < 5.14)")
     assert mapped < pages // 10
     assert (ring.arenas[1] == 2).sum() == pages  # what the child wrote is shared
+
+
+def test_buffer_pool_carves_from_its_backing_and_records_how_far():
+    backing = np.zeros(5 * 4096, np.uint8)
+    mark = np.zeros(1, np.int64)
+    pool = BufferPool(keep_bytes=1 << 20, backing=backing, high_water=mark)
+    low, high = backing.ctypes.data, backing.ctypes.data + backing.nbytes
+
+    first = pool.take(5000)  # two pages
+    second = pool.take(4096)
+    assert low <= first.ctypes.data < high and first.ctypes.data == low
+    assert second.ctypes.data == low + 2 * 4096 and int(mark[0]) == 3 * 4096
+    first[:] = 3
+    assert (backing[:5000] == 3).all()  # the buffer is the backing's memory
+    third = pool.take(3 * 4096)  # no gap of three pages is left: ordinary memory
+    assert not low <= third.ctypes.data < high
+    del first
+    again = pool.take(4000)  # the freed buffer is reused
+    assert again.ctypes.data == low
+    del again, second
+    big = pool.take(4 * 4096)  # free carved buffers make way for a bigger one
+    assert big.ctypes.data == low and int(mark[0]) == 4 * 4096
+
+
+def test_a_later_process_steps_over_batches_an_earlier_one_left_out():
+    """A worker of a new pass learns from the shared flags which bytes are still lent out."""
+    from trainer.ring import BatchRing
+
+    ring = BatchRing(1, 4 * 4096)
+    held = ring.acquire(0, 4096)  # a batch of an earlier pass that the consumer still holds
+    assert held[1] == 0
+    ring._head = [0]  # as claiming the ring for the next pass does
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the next pass's worker
+        offsets = [ring.acquire(0, 4096, timeout=0)[1] for _ in range(3)]
+        offsets.append(ring.acquire(0, 4096, timeout=0))
+        os.write(write, repr(offsets).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(write)
+    assert os.read(read, 256).decode() == repr([4096, 8192, 12288, None])

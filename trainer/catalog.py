@@ -35,7 +35,7 @@ from shards.manifest import TaskSpec
 from shards.reader import Dataset, ShardError, binary_to_frames, list_to_matrix, open_parquet
 from trainer.buffers import BufferPool
 from trainer.text_tokenizer import TextTokenizer
-from trainer.tokenizer import StepLayout, StepTokens, text_token_lengths, tokenize_steps
+from trainer.tokenizer import StepLayout, StepTokens, text_cap, text_token_lengths, tokenize_steps
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,11 @@ READERS = 1
 """threads that load hinted units ahead"""
 IMAGE_BATCH_ROWS = 64
 """rows of an image column decoded at a time (see ``read_image_row_group``)"""
-FRAME_BUFFER_BYTES = 256 << 20
-"""decoded frames' buffers kept for reuse once their units are gone (trainer/buffers.py)"""
+UNIT_BUFFER_BYTES, UNIT_BUFFERS = 256 << 20, 64
+"""free buffers of decoded frames and token arrays kept for reuse once their units are gone
+(trainer/buffers.py): at most this many bytes and buffers"""
+TOKEN_BYTES = 16
+"""bytes a token takes while its unit is tokenized: int32 id, int16 position, bool loss, temporaries"""
 
 
 @dataclass
@@ -158,14 +161,14 @@ class Catalog:
         self._reader: ThreadPoolExecutor | None = None
         self._reader_pid = 0
         self._ahead: dict[tuple[str, int], Future] = {}
-        self._frames: tuple[int, BufferPool] | None = None  # (pid, pool): a forked worker starts its own
-        self.frame_store: tuple[np.ndarray, np.ndarray] | None = None
-        """(memory, its high-water mark) that a worker carves frame buffers from (BatchRing.store)"""
+        self._pool: tuple[int, BufferPool] | None = None  # (pid, pool): a forked worker starts its own
+        self.unit_store: tuple[np.ndarray, np.ndarray] | None = None
+        """(memory, its high-water mark) that a worker carves unit buffers from (BatchRing.store)"""
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.update(_open=OrderedDict(), _groups={}, _lock=None, _reader=None, _ahead={}, _frames=None,
-                     frame_store=None)
+        state.update(_open=OrderedDict(), _groups={}, _lock=None, _reader=None, _ahead={}, _pool=None,
+                     unit_store=None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -243,8 +246,8 @@ class Catalog:
         if full:
             table = self._read_rows(episodes, list(spec.observation) + list(spec.action))
             try:
-                steps = tokenize_steps(table_to_steps(table, spec), spec, self.text_model,
-                                       max_text_tokens=self.max_text_tokens, layout=layout)
+                steps = tokenize_steps(table_to_steps(table, spec, self._buffers().take), spec, self.text_model,
+                                       max_text_tokens=self.max_text_tokens, layout=layout, buffer_for=self._buffers().take)
             except ValueError as error:
                 where = self.describe_episode(int(episodes[0]))
                 more = f" (or one of the {len(episodes) - 1} episode(s) after it)" if len(episodes) > 1 else ""
@@ -285,26 +288,29 @@ class Catalog:
                 self._open.popitem(last=False)
         return handle
 
-    def _frame_buffers(self) -> BufferPool:
-        """This process's pool of frame buffers (a forked worker's writes into its parent's
-        buffers would be copy-on-write faults, dearer than fresh pages)."""
+    def _buffers(self) -> BufferPool:
+        """This process's pool of buffers for decoded frames and tokenized units (a forked
+        worker's writes into its parent's buffers would be copy-on-write faults, dearer than
+        fresh pages); in a DataLoader worker they are carved from its store (``unit_store``)."""
         with self._lock:
-            if self._frames is None or self._frames[0] != os.getpid():
-                backing, high_water = self.frame_store or (None, None)
-                self._frames = (os.getpid(), BufferPool(FRAME_BUFFER_BYTES, backing=backing, high_water=high_water))
-            return self._frames[1]
+            if self._pool is None or self._pool[0] != os.getpid():
+                backing, high_water = self.unit_store or (None, None)
+                self._pool = (os.getpid(), BufferPool(UNIT_BUFFER_BYTES, most_buffers=UNIT_BUFFERS, backing=backing,
+                                                      high_water=high_water))
+            return self._pool[1]
 
-    def frame_bytes_held(self, units_per_task: int) -> int:
-        """Decoded frames of ``units_per_task`` of the largest row groups of every image task:
-        about what a worker holds at once (its tasks' prompt pools and the units in flight)."""
+    def bytes_held(self, units_per_task: int) -> int:
+        """About what a worker's units of ``units_per_task`` row groups per task take, decoded
+        frames and token arrays with their temporaries (its tasks' prompt pools and the units
+        in flight): the size of a worker's unit store."""
         total = 0
         for task in self.task_names:
             layout = self.layouts[task]
-            if not layout.patches:
-                continue
             files = np.unique(self.episode_file[self.episodes_of(task)])
             rows = max((int(np.diff(self._row_group_starts(int(f))).max(initial=0)) for f in files), default=0)
-            total += units_per_task * rows * int(np.prod(layout.image_shape))
+            step_tokens = layout.min_step_tokens + (text_cap(layout, self.max_text_tokens) if layout.has_text else 0)
+            frame = int(np.prod(layout.image_shape)) if layout.patches else 0
+            total += units_per_task * rows * (frame + TOKEN_BYTES * step_tokens)
         return total
 
     def _row_group_starts(self, file: int) -> np.ndarray:
@@ -328,7 +334,7 @@ class Catalog:
         try:
             parquet = self._parquet(file)
             if OBS_IMAGE in columns:
-                table = read_image_row_group(parquet, group, columns, self._frame_buffers().take)
+                table = read_image_row_group(parquet, group, columns, self._buffers().take)
             else:
                 table = parquet.read_row_group(group, columns=columns, use_threads=False)
         except (pa.ArrowInvalid, OSError, KeyError) as error:
@@ -407,17 +413,28 @@ def read_image_row_group(parquet: pq.ParquetFile, group: int, columns: list[str]
     return pa.Table.from_arrays(arrays, names=columns)
 
 
-def table_to_steps(table: pa.Table, spec: TaskSpec) -> dict:
-    """Step rows -> the column arrays tokenize_steps takes (zero-copy where Arrow allows)."""
+def table_to_steps(table: pa.Table, spec: TaskSpec, buffer_for: Callable[[int], np.ndarray] | None = None) -> dict:
+    """Step rows -> the column arrays tokenize_steps takes: zero-copy views of a column in one
+    chunk; a column in several (a unit running into the next row group) is copied into one
+    array from ``buffer_for(nbytes)`` (default fresh memory) rather than by Arrow's
+    combine_chunks, which takes fresh pages from Arrow's allocator."""
     n = table.num_rows
     steps: dict = {}
     for column in table.column_names:
         data = table[column]
-        data = data.chunk(0) if data.num_chunks == 1 else data.combine_chunks()
         if column == OBS_TEXT:
-            steps[column] = data  # tokenize_steps encodes the Arrow strings itself
-        elif column == OBS_IMAGE:
-            steps[column] = binary_to_frames(data, spec.image_shape)
+            steps[column] = data.chunk(0) if data.num_chunks == 1 else data.combine_chunks()  # tokenize_steps encodes the strings
+            continue
+        if column == OBS_IMAGE:
+            parts = [binary_to_frames(chunk, spec.image_shape) for chunk in data.chunks]
         else:
-            steps[column] = list_to_matrix(data, n)
+            parts = [list_to_matrix(chunk, len(chunk)) for chunk in data.chunks]
+        if len(parts) == 1:
+            steps[column] = parts[0]
+            continue
+        parts = [part for part in parts if len(part)] or parts[:1]
+        shape, dtype = (n, *parts[0].shape[1:]), parts[0].dtype
+        out = (np.ndarray(shape, dtype, buffer_for(int(np.prod(shape)) * dtype.itemsize)) if buffer_for is not None
+               else np.empty(shape, dtype))
+        steps[column] = np.concatenate(parts, out=out)
     return steps

@@ -92,9 +92,9 @@ RING_MESSAGES = 3
 RING_MIN_BYTES, RING_MAX_BYTES = 16 << 20, 512 << 20
 """bounds on an arena; a batch bigger than the arena travels as a torch shared tensor"""
 STORE_EXTRA_UNITS, STORE_MAX_BYTES = 3, 256 << 20
-"""a worker's frame store (shared memory kept between passes) holds the prompt pool's units of
-every image task plus this many (read ahead, cached, held by buffered plans), up to the cap;
-frames that do not fit go to the worker's own memory"""
+"""a worker's unit store (shared memory kept between passes, trainer/ring.py) holds the prompt
+pool's units of every task plus this many (read ahead, cached, held by buffered plans), up to
+the cap; what does not fit goes to the worker's own memory"""
 
 @dataclass
 class DataConfig:
@@ -219,8 +219,8 @@ class GatoDataset(IterableDataset):
         group = self.batch_size or 1
         if info is not None and self.ring is not None:
             self.ring.map_arena(worker)
-            if self.ring.store_bytes:  # decode frames into memory the loader keeps warm between passes
-                self.catalog.frame_store = (self.ring.store(worker), self.ring.store_used[worker:worker + 1])
+            if self.ring.store_bytes:  # decode and tokenize into memory the loader keeps warm between passes
+                self.catalog.unit_store = (self.ring.store(worker), self.ring.store_used[worker:worker + 1])
         self.catalog.start_read_ahead()
         sampler.read_ahead = self.catalog.read_ahead
         sampler.read_first_units()
@@ -396,7 +396,7 @@ class SequenceLoader:
         most = BatchLayout.max_bytes(self.batch_size, dataset.config.sequence_length, dataset.max_patches,
                                      *dataset.max_frames, dataset.config.observation_targets, dataset.config.provenance)
         arena = RING_MESSAGES * (most + BUNDLE_BYTES)
-        store = dataset.catalog.frame_bytes_held(dataset.config.prompt_pool_units + STORE_EXTRA_UNITS)
+        store = dataset.catalog.bytes_held(dataset.config.prompt_pool_units + STORE_EXTRA_UNITS)
         return BatchRing.claim(self.num_workers, min(max(arena, RING_MIN_BYTES), RING_MAX_BYTES),
                                min(store, STORE_MAX_BYTES))
 
