@@ -8,7 +8,13 @@ A unit is the episodes whose first row lies in one row group of a step file, so 
 unit reads one row group (plus the next when its last episode runs over): memory holds a
 few row groups whatever the dataset's size. When a task has too few row groups to give every
 loader shard two units, its row groups are cut into parts of consecutive episodes (a part
-reads its row group, which the last few kept decoded row groups usually already hold).
+reads its row group, which the last few kept decoded row groups of its task usually already
+hold).
+
+Decoded frames and token arrays go into buffers that are reused once their unit is gone
+(trainer/buffers.py), carved, in a DataLoader worker, from its store in the loader's shared
+memory (``unit_store``, trainer/ring.py); image columns are decoded a few rows at a time
+(``read_image_row_group``). Both keep a fresh worker off new pages, its main cost otherwise.
 
 ``start_read_ahead()`` adds background threads (READERS) that load units the sampler says it
 will need next (``read_ahead(task, episodes)``), so Parquet decoding (which releases the GIL)

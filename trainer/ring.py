@@ -1,6 +1,7 @@
-"""Shared memory that DataLoader workers write batches into.
+"""Shared memory that DataLoader workers write batches into, and keep their decoded units in.
 
-    ring = BatchRing.claim(workers=2, arena_bytes=64 << 20)   # before the DataLoader forks its workers
+    ring = BatchRing.claim(workers=2, arena_bytes=64 << 20, store_bytes=256 << 20)   # before the fork
+    ring.map_arena(worker)                                    # in worker ``worker``, first
     ticket, offset, buffer = ring.acquire(worker, nbytes)     # in worker ``worker``; None when full
     ...write the batch into buffer, send (worker, ticket, offset) to the main process...
     region = ring.view(worker, offset, nbytes); ring.lend(region, worker, ticket)   # main process
@@ -18,8 +19,14 @@ are free again once its tensors are garbage. Which bytes each outstanding ticket
 in the mapping too, so a worker of a later pass never writes over a batch still in use. A
 worker that finds no room for a while (a consumer keeps many batches) sends that batch
 another way, so holding batches is safe; a held batch is stepped over (the next free bytes
-after it are used), so holding one does not slow the batches after it. Needs the fork start method (workers inherit the
-mapping); otherwise the loader uses torch's own transport.
+after it are used), so holding one does not slow the batches after it. Needs the fork start
+method (workers inherit the mapping); otherwise the loader uses torch's own transport.
+
+Each worker also has a store (``store``): memory its decoded frames and token arrays are
+carved from (trainer/buffers.py). A fresh worker's own memory is new pages, a fault and a
+zeroing per 4 KB (on the benchmark VM up to ~18 us a page when the host has to back it); the
+store's pages stay with the ring between passes, so the next pass's worker only maps them,
+in one call (``map_arena``, up to the extent earlier passes used).
 """
 
 from __future__ import annotations
