@@ -186,11 +186,26 @@ def reference_step_tokens(steps: dict, t: int, spec: TaskSpec, text_model, cap: 
             list(range(len(obs))) + [-1] * (1 + len(action)))
 
 
+@pytest.mark.parametrize("pooled", [False, True])
 @pytest.mark.parametrize("kind", ["grid", "babyai", "metaworld"])
-def test_vectorized_tokenization_equals_the_per_step_recipe(kind, text_model):
-    """tokenize_steps over a whole row group == each timestep tokenized on its own, byte for byte."""
+def test_vectorized_tokenization_equals_the_per_step_recipe(kind, pooled, text_model):
+    """tokenize_steps over a whole row group == each timestep tokenized on its own, byte for byte;
+    also into recycled buffers that hold stale bytes (as a loader worker's pool hands out)."""
+    from trainer.buffers import BufferPool
+
+    buffer_for = None
+    if pooled:
+        pool = BufferPool(keep_bytes=1 << 30, most_buffers=64)
+        stale = [pool.take(n) for n in (1 << 10, 1 << 14, 1 << 16, 1 << 18, 1 << 20) * 3]
+        for buffer in stale:
+            buffer.fill(0xAB)
+        del stale, buffer
+        buffer_for = pool.take
     rng = np.random.default_rng(7)
     t = 300
+    from trainer.tokenizer import KEEP_ROWS
+
+    assert t > KEEP_ROWS  # text rows are compacted in several blocks
     missions = ["go to the red ball", "", "pick up the blue key next to the door", "open"]
     if kind == "grid":
         spec = grid_spec()
@@ -212,13 +227,13 @@ def test_vectorized_tokenization_equals_the_per_step_recipe(kind, text_model):
                         action={"act_continuous": ModalitySpec([4], "float32", low=-1, high=1)})
         steps = {"obs_continuous": rng.normal(size=(t, 39)).astype(np.float32),
                  "act_continuous": rng.uniform(-1, 1, (t, 4)).astype(np.float32)}
-    run = tokenize_steps(steps, spec, text_model)
+    run = tokenize_steps(steps, spec, text_model, buffer_for=buffer_for)
     if kind == "babyai":  # the loader hands over the Arrow column itself (nulls count as "")
         import pyarrow as pa
 
         arrow = dict(steps, obs_text=pa.array([None if i % 97 == 5 else m for i, m in enumerate(steps["obs_text"])]))
         steps["obs_text"] = [None if i % 97 == 5 else m for i, m in enumerate(steps["obs_text"])]
-        run = tokenize_steps(arrow, spec, text_model)
+        run = tokenize_steps(arrow, spec, text_model, buffer_for=buffer_for)
     tokens, loss, local, offsets = [], [], [], [0]
     for step in range(t):
         ids, mask, positions = reference_step_tokens(steps, step, spec, text_model)

@@ -72,48 +72,64 @@ def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray],
     """Write ``plans`` (trainer.sequences.Plan) as one batch into ``buffer_for(nbytes)``."""
     catalog = sampler.catalog
     length = sampler.settings.sequence_length
-    jobs = []  # (row, column, piece, unit, step layout, first step, whole steps, patches of the cut step)
+    images = []  # (row, unit, step layout, first step, whole steps, patches of the cut step) of pieces with patches
+    jobs = []  # (row, column, piece, unit) of every piece, for provenance
     size = len(plans)
     counts, row_frames, shapes = [0] * size, [0] * size, [(0, 0, 0)] * size  # per sequence, written once
     lengths = [0] * size
     per_frame: list[int] = []  # patches of each frame that are tokens
     frame_bytes = 0
+    # the slices of every piece's ids, local positions and loss mask (and a short row's padding),
+    # concatenated straight into the batch below
+    ids, positions, losses = [], [], []
+    pad = _padding(length)
     for row, plan in enumerate(plans):
         column = 0
+        layout = catalog.layouts[plan.task]  # a prompt is of the same task
         for piece in plan.pieces:
-            unit = sampler.full_unit(piece)
-            layout = catalog.layouts[piece.task]
-            whole = cut = first = 0
+            unit = piece.tokens if piece.tokens.steps is not None else sampler.full_unit(piece)
+            steps, start, end = unit.steps, piece.start, piece.end
+            ids.append(steps.tokens[start:end])
+            positions.append(steps.local_positions[start:end])
+            losses.append(steps.loss_mask[start:end])
             if layout.patches:
-                first = unit.step_of(piece.start)  # pieces start on a timestep
-                last = unit.step_of(piece.end)  # the step holding ``end``
+                first = unit.step_of(start)  # pieces start on a timestep
+                last = unit.step_of(end)  # the step holding ``end``
                 whole = last - first
-                cut = min(max(piece.end - unit.offsets[last] - layout.image_start, 0), layout.patches)
+                cut = min(max(end - unit.offsets[last] - layout.image_start, 0), layout.patches)
                 taken = whole + (cut > 0)
                 if taken:
                     per_frame += [layout.patches] * whole + ([cut] if cut else [])
-                    frame_bytes += taken * unit.steps.frames[0].size
+                    frame_bytes += taken * steps.frames[0].size
                     counts[row] += whole * layout.patches + cut
                     row_frames[row] += taken
                     shapes[row] = layout.image_shape
-            jobs.append((row, column, piece, unit, layout, first, whole, cut))
-            column += piece.end - piece.start
+                    images.append((unit, layout, first, whole, cut))
+            jobs.append((row, column, piece, unit))
+            column += end - start
         lengths[row] = column
+        if column < length:
+            ids.append(pad[0][:length - column])
+            positions.append(pad[1][:length - column])
+            losses.append(pad[2][:length - column])
     batch = BatchLayout(size, length, sum(counts), len(per_frame), frame_bytes, observation_targets,
                         sampler.settings.provenance)
     out = batch.views(buffer_for(batch.nbytes))
     tokens, local, loss = out["tokens"], out["local_positions"], out["loss_mask"]
-    pixels, rows, cols = out["frames"], out["patch_rows"], out["patch_cols"]
     out["num_patches"][:] = counts
     out["num_frames"][:] = row_frames
     out["image_shapes"][:] = shapes
     out["frame_patches"][:] = per_frame
-    _write_token_arrays(jobs, lengths, length, tokens, local, loss)
+    # one np.concatenate per array for the whole batch (widening int32/int16 to int64), not
+    # three slice copies per piece: small rows (BabyAI-like, a few timesteps per sequence)
+    # spent most of their writing time on the per-copy overhead
+    np.concatenate(ids, out=tokens.reshape(-1))
+    np.concatenate(positions, out=local.reshape(-1))
+    np.concatenate(losses, out=loss.reshape(-1))
+    pixels, rows, cols = out["frames"], out["patch_rows"], out["patch_cols"]
     at = byte = 0
-    for row, column, piece, unit, layout, first, whole, cut in jobs:
+    for unit, layout, first, whole, cut in images:
         count = whole * layout.patches + cut
-        if not count:
-            continue
         taken = unit.steps.frames[first:first + whole + (cut > 0)]  # the frames as stored: the model cuts them
         pixels[byte:byte + taken.size] = taken.reshape(-1)
         byte += taken.size
@@ -121,8 +137,11 @@ def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray],
         rows[at:at + count] = grid_rows
         cols[at:at + count] = grid_cols
         at += count
-    lengths = np.array(lengths)
-    np.less(np.arange(length), lengths[:, None], out=out["attention_mask"])
+    attention = out["attention_mask"]
+    attention.fill(True)
+    for row, n in enumerate(lengths):  # rows are full but where a finite stream ran out
+        if n < length:
+            attention[row, n:] = False
     np.equal(tokens, IMAGE_PLACEHOLDER, out=out["is_image"])
     if observation_targets:
         out["obs_targets"][...] = tokens
@@ -136,49 +155,19 @@ def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray],
     return batch
 
 
-def _write_token_arrays(jobs: list, lengths: list[int], length: int, tokens: np.ndarray, local: np.ndarray,
-                        loss: np.ndarray) -> None:
-    """Ids, local positions and loss mask of the whole batch: one ``np.concatenate`` per array
-    over every piece (and the padding after a short row), written straight into the batch
-    (widening int32/int16 to int64), instead of three slice copies per piece: small rows
-    (BabyAI-like, a few timesteps per sequence) spent most of their writing time on the
-    per-copy overhead."""
-    parts: tuple[list, list, list] = ([], [], [])
-    pad = _padding(length)
-    jobs_at = 0
-    for row, n in enumerate(lengths):
-        while jobs_at < len(jobs) and jobs[jobs_at][0] == row:
-            piece, steps = jobs[jobs_at][2], jobs[jobs_at][3].steps
-            start, end = piece.start, piece.end
-            parts[0].append(steps.tokens[start:end])
-            parts[1].append(steps.local_positions[start:end])
-            parts[2].append(steps.loss_mask[start:end])
-            jobs_at += 1
-        if n < length:
-            for part, filler in zip(parts, pad):
-                part.append(filler[:length - n])
-    for part, out in zip(parts, (tokens, local, loss)):
-        if part:
-            np.concatenate(part, out=out.reshape(-1))
-
-
 @functools.lru_cache(maxsize=8)
 def _padding(length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What a row holds after its last real token: PAD ids, local position -1, no loss."""
     return np.full(length, PAD, np.int32), np.full(length, -1, np.int16), np.zeros(length, np.bool_)
 
 
-def as_tensors(layout: BatchLayout, block: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The batch's tensors as views of ``block`` (uint8, the buffer it was written into): they
-    all share its storage, so the memory lives exactly as long as any of them does."""
-    typed, out = {}, {}
-    for key, (offset, shape, dtype) in layout.fields.items():
-        whole = typed.get(dtype)  # arrays start 64-byte aligned: one typed view of the block serves them all
-        if whole is None:
-            whole = typed[dtype] = block[:len(block) // dtype.itemsize * dtype.itemsize].view(_TORCH[dtype])
-        start = offset // dtype.itemsize
-        out[key] = whole[start:start + math.prod(shape)].view(shape)
-    return out
+def as_tensors(layout: BatchLayout, block: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
+    """The batch's tensors over ``block`` (uint8, the buffer it was written into), no copy:
+    each is ``torch.from_numpy`` of a numpy view whose base is the buffer, so the memory lives
+    exactly as long as any of them does. (A numpy view and ``from_numpy`` cost ~2 us a key;
+    slicing and viewing a torch tensor ~7, which the training process paid on every batch.)"""
+    buffer = block.numpy() if isinstance(block, torch.Tensor) else block
+    return {key: torch.from_numpy(view) for key, view in layout.views(buffer).items()}
 
 
 def shared_buffer(nbytes: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -209,8 +198,6 @@ def host_buffer(size: int) -> np.ndarray:
 
 _RECENT_BUFFERS: list[np.ndarray] = []
 RECENT_BUFFERS = 6
-_TORCH = {np.dtype(np.int64): torch.int64, np.dtype(np.bool_): torch.bool, np.dtype(np.float32): torch.float32,
-          np.dtype(np.uint8): torch.uint8}
 
 
 @functools.lru_cache(maxsize=1024)

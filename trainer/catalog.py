@@ -8,7 +8,13 @@ A unit is the episodes whose first row lies in one row group of a step file, so 
 unit reads one row group (plus the next when its last episode runs over): memory holds a
 few row groups whatever the dataset's size. When a task has too few row groups to give every
 loader shard two units, its row groups are cut into parts of consecutive episodes (a part
-reads its row group, which the last few kept decoded row groups usually already hold).
+reads its row group, which the last few kept decoded row groups of its task usually already
+hold).
+
+Decoded frames and token arrays go into buffers that are reused once their unit is gone
+(trainer/buffers.py), carved, in a DataLoader worker, from its store in the loader's shared
+memory (``unit_store``, trainer/ring.py); image columns are decoded a few rows at a time
+(``read_image_row_group``). Both keep a fresh worker off new pages, its main cost otherwise.
 
 ``start_read_ahead()`` adds background threads (READERS) that load units the sampler says it
 will need next (``read_ahead(task, episodes)``), so Parquet decoding (which releases the GIL)
@@ -22,6 +28,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -32,22 +39,32 @@ import pyarrow.parquet as pq
 from shards.format import OBS_IMAGE, OBS_TEXT
 from shards.manifest import TaskSpec
 from shards.reader import Dataset, ShardError, binary_to_frames, list_to_matrix, open_parquet
+from trainer.buffers import BufferPool
 from trainer.text_tokenizer import TextTokenizer
-from trainer.tokenizer import StepLayout, StepTokens, text_token_lengths, tokenize_steps
+from trainer.tokenizer import StepLayout, StepTokens, text_cap, text_token_lengths, tokenize_steps
 
 log = logging.getLogger(__name__)
 
 OPEN_FILES = 16
 CACHED_ROW_GROUPS = 8
-"""decoded row groups kept at most (units that share a row group read it once)"""
+"""decoded row groups kept at most per task (units that share a row group read it once)"""
 CACHED_BYTES = 32 << 20
-"""decoded row groups kept (for units that share one) up to this many bytes: a big row group is its
-own unit, and keeping it would only grow the working set (fresh memory faults, page by page)"""
+"""decoded row groups kept per task (for units that share one) up to this many bytes: a big row
+group is its own unit, and keeping it would only grow the working set (fresh memory faults,
+page by page). Per task, so that one task's big row groups do not push out another's small
+shared one (Atari-like groups evicted a Meta-World-like group that its 8 units all read: it
+was decoded 8 times a pass)"""
 UNITS_PER_SHARD = 8
 """when row groups are too few for two units per loader shard, cut them into this many per shard"""
 READERS = 1
 """threads that load hinted units ahead"""
-_NONE = np.zeros(0, np.int64)
+IMAGE_BATCH_ROWS = 64
+"""rows of an image column decoded at a time (see ``read_image_row_group``)"""
+UNIT_BUFFER_BYTES, UNIT_BUFFERS = 256 << 20, 64
+"""free buffers of decoded frames and token arrays kept for reuse once their units are gone
+(trainer/buffers.py): at most this many bytes and buffers"""
+TOKEN_BYTES = 16
+"""bytes a token takes while its unit is tokenized: int32 id, int16 position, bool loss, temporaries"""
 
 
 @dataclass
@@ -64,16 +81,17 @@ class UnitTokens:
 
     def __post_init__(self) -> None:
         self.num_tokens = int(self.step_offsets[-1])
-        self._by_source: dict[int, np.ndarray] | None = None
+        self._by_source: dict[int, list[int]] | None = None
         # Python lists for bisect: a numpy searchsorted on one scalar costs ~5 us, bisect ~0.3
         self.offsets = self.step_offsets.tolist()
         self.starts = self.token_starts.tolist()
 
-    def episodes_of_source(self, source: int) -> np.ndarray:
-        """Indices (into ``episodes``) of the episodes with this source code, ascending."""
+    def episodes_of_source(self, source: int) -> list[int]:
+        """Indices (into ``episodes``) of the episodes with this source code, ascending (a list:
+        the sampler bisects it for one value, where a numpy searchsorted costs ~5-70 us)."""
         if self._by_source is None:
-            self._by_source = {int(code): np.flatnonzero(self.sources == code) for code in np.unique(self.sources)}
-        return self._by_source.get(int(source), _NONE)
+            self._by_source = {int(code): np.flatnonzero(self.sources == code).tolist() for code in np.unique(self.sources)}
+        return self._by_source.get(int(source), [])
 
     def episode_at(self, position: int) -> int:
         """Index (into ``episodes``) of the episode holding token ``position``."""
@@ -143,15 +161,20 @@ class Catalog:
         self.layouts = {task: StepLayout.of(self.specs[task]) for task in self.task_names}
         self._footers: dict[int, np.ndarray] = {}
         self._open: OrderedDict[int, pq.ParquetFile] = OrderedDict()
-        self._groups: OrderedDict[tuple, pa.Table] = OrderedDict()
+        self._groups: dict[int, OrderedDict[tuple, pa.Table]] = {}  # task code -> (file, group, columns) -> table
+        self._file_task = dict(zip(self.episode_file.tolist(), self.episode_task.tolist()))
         self._lock = threading.RLock()
         self._reader: ThreadPoolExecutor | None = None
         self._reader_pid = 0
         self._ahead: dict[tuple[str, int], Future] = {}
+        self._pool: tuple[int, BufferPool] | None = None  # (pid, pool): a forked worker starts its own
+        self.unit_store: tuple[np.ndarray, np.ndarray] | None = None
+        """(memory, its high-water mark) that a worker carves unit buffers from (BatchRing.store)"""
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.update(_open=OrderedDict(), _groups=OrderedDict(), _lock=None, _reader=None, _ahead={})
+        state.update(_open=OrderedDict(), _groups={}, _lock=None, _reader=None, _ahead={}, _pool=None,
+                     unit_store=None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -229,8 +252,8 @@ class Catalog:
         if full:
             table = self._read_rows(episodes, list(spec.observation) + list(spec.action))
             try:
-                steps = tokenize_steps(table_to_steps(table, spec), spec, self.text_model,
-                                       max_text_tokens=self.max_text_tokens, layout=layout)
+                steps = tokenize_steps(table_to_steps(table, spec, self._buffers().take), spec, self.text_model,
+                                       max_text_tokens=self.max_text_tokens, layout=layout, buffer_for=self._buffers().take)
             except ValueError as error:
                 where = self.describe_episode(int(episodes[0]))
                 more = f" (or one of the {len(episodes) - 1} episode(s) after it)" if len(episodes) > 1 else ""
@@ -271,6 +294,31 @@ class Catalog:
                 self._open.popitem(last=False)
         return handle
 
+    def _buffers(self) -> BufferPool:
+        """This process's pool of buffers for decoded frames and tokenized units (a forked
+        worker's writes into its parent's buffers would be copy-on-write faults, dearer than
+        fresh pages); in a DataLoader worker they are carved from its store (``unit_store``)."""
+        with self._lock:
+            if self._pool is None or self._pool[0] != os.getpid():
+                backing, high_water = self.unit_store or (None, None)
+                self._pool = (os.getpid(), BufferPool(UNIT_BUFFER_BYTES, most_buffers=UNIT_BUFFERS, backing=backing,
+                                                      high_water=high_water))
+            return self._pool[1]
+
+    def bytes_held(self, units_per_task: int) -> int:
+        """About what a worker's units of ``units_per_task`` row groups per task take, decoded
+        frames and token arrays with their temporaries (its tasks' prompt pools and the units
+        in flight): the size of a worker's unit store."""
+        total = 0
+        for task in self.task_names:
+            layout = self.layouts[task]
+            files = np.unique(self.episode_file[self.episodes_of(task)])
+            rows = max((int(np.diff(self._row_group_starts(int(f))).max(initial=0)) for f in files), default=0)
+            step_tokens = layout.min_step_tokens + (text_cap(layout, self.max_text_tokens) if layout.has_text else 0)
+            frame = int(np.prod(layout.image_shape)) if layout.patches else 0
+            total += units_per_task * rows * (frame + TOKEN_BYTES * step_tokens)
+        return total
+
     def _row_group_starts(self, file: int) -> np.ndarray:
         starts = self._footers.get(file)
         if starts is None:
@@ -284,20 +332,25 @@ class Catalog:
         decode side by side (pyarrow releases the GIL); only the cache is locked."""
         key = (file, group, tuple(columns))
         with self._lock:
-            table = self._groups.get(key)
+            cache = self._groups.setdefault(self._file_task[file], OrderedDict())
+            table = cache.get(key)
             if table is not None:
-                self._groups.move_to_end(key)
+                cache.move_to_end(key)
                 return table
         try:
-            table = self._parquet(file).read_row_group(group, columns=columns, use_threads=False)
+            parquet = self._parquet(file)
+            if OBS_IMAGE in columns:
+                table = read_image_row_group(parquet, group, columns, self._buffers().take)
+            else:
+                table = parquet.read_row_group(group, columns=columns, use_threads=False)
         except (pa.ArrowInvalid, OSError, KeyError) as error:
             root, name = self.files[file]
             raise ShardError(f"{self.roots[root]}/{name}: row group {group} unreadable ({error})") from None
         with self._lock:
-            self._groups[key] = table
-            held = sum(t.nbytes for t in self._groups.values())
-            while len(self._groups) > 1 and (len(self._groups) > CACHED_ROW_GROUPS or held > CACHED_BYTES):
-                held -= self._groups.popitem(last=False)[1].nbytes
+            cache[key] = table
+            held = sum(t.nbytes for t in cache.values())
+            while len(cache) > 1 and (len(cache) > CACHED_ROW_GROUPS or held > CACHED_BYTES):
+                held -= cache.popitem(last=False)[1].nbytes
         return table
 
     def _read_rows(self, episodes: np.ndarray, columns: list[str]) -> pa.Table:
@@ -324,17 +377,70 @@ class Catalog:
         return pa.concat_tables([table.slice(int(o) - base, int(e - o)) for o, e in zip(offsets, ends)])
 
 
-def table_to_steps(table: pa.Table, spec: TaskSpec) -> dict:
-    """Step rows -> the column arrays tokenize_steps takes (zero-copy where Arrow allows)."""
+def read_image_row_group(parquet: pq.ParquetFile, group: int, columns: list[str],
+                         buffer_for: Callable[[int], np.ndarray] | None = None) -> pa.Table:
+    """``parquet.read_row_group(group, columns)`` for a group with an ``obs_image`` column,
+    decoded IMAGE_BATCH_ROWS rows at a time with the frames copied into one buffer
+    (``buffer_for(nbytes)``, default fresh memory).
+
+    Why: Arrow decodes a binary column into a builder that grows by doubling, so reading a
+    22 MB column of frames in one go takes ~70 MB from the allocator; a fresh DataLoader
+    worker gets that as new pages (a kernel fault and zeroing per page, the dominant cost of
+    a worker's first passes over image data on the benchmark machine). Batch by batch the
+    decoder reuses the same few MB, and the frames land in one buffer of their final size.
+    Falls back to the plain read for frames of unequal sizes or with nulls."""
+    rows = parquet.metadata.row_group(group).num_rows
+    image = columns.index(OBS_IMAGE)
+    frames: np.ndarray | None = None
+    parts: list[list[pa.Array]] = [[] for _ in columns]
+    at = width = 0
+    for batch in parquet.iter_batches(batch_size=IMAGE_BATCH_ROWS, row_groups=[group], columns=columns, use_threads=False):
+        column = batch.column(image)
+        if column.type != pa.binary() or column.null_count:
+            return parquet.read_row_group(group, columns=columns, use_threads=False)
+        offsets = np.frombuffer(column.buffers()[1], np.int32, len(column) + 1, column.offset * 4)
+        if frames is None:
+            width = int(offsets[1] - offsets[0]) if len(column) else 0
+            frames = buffer_for(rows * width) if buffer_for is not None else np.empty(rows * width, np.uint8)
+        if int(offsets[-1] - offsets[0]) != width * len(column) or at + len(column) > rows:
+            return parquet.read_row_group(group, columns=columns, use_threads=False)
+        frames[at * width:(at + len(column)) * width] = np.frombuffer(column.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
+        at += len(column)
+        for index, part in enumerate(parts):
+            if index != image:
+                part.append(batch.column(index))
+    if frames is None or at != rows:
+        return parquet.read_row_group(group, columns=columns, use_threads=False)
+    ends = np.arange(0, (rows + 1) * width, width, dtype=np.int64)
+    if ends[-1] >= 1 << 31:
+        return parquet.read_row_group(group, columns=columns, use_threads=False)
+    arrays = [pa.Array.from_buffers(pa.binary(), rows, [None, pa.py_buffer(ends.astype(np.int32)), pa.py_buffer(frames)])
+              if index == image else pa.concat_arrays(part) for index, part in enumerate(parts)]
+    return pa.Table.from_arrays(arrays, names=columns)
+
+
+def table_to_steps(table: pa.Table, spec: TaskSpec, buffer_for: Callable[[int], np.ndarray] | None = None) -> dict:
+    """Step rows -> the column arrays tokenize_steps takes: zero-copy views of a column in one
+    chunk; a column in several (a unit running into the next row group) is copied into one
+    array from ``buffer_for(nbytes)`` (default fresh memory) rather than by Arrow's
+    combine_chunks, which takes fresh pages from Arrow's allocator."""
     n = table.num_rows
     steps: dict = {}
     for column in table.column_names:
         data = table[column]
-        data = data.chunk(0) if data.num_chunks == 1 else data.combine_chunks()
         if column == OBS_TEXT:
-            steps[column] = data  # tokenize_steps encodes the Arrow strings itself
-        elif column == OBS_IMAGE:
-            steps[column] = binary_to_frames(data, spec.image_shape)
+            steps[column] = data.chunk(0) if data.num_chunks == 1 else data.combine_chunks()  # tokenize_steps encodes the strings
+            continue
+        if column == OBS_IMAGE:
+            parts = [binary_to_frames(chunk, spec.image_shape) for chunk in data.chunks]
         else:
-            steps[column] = list_to_matrix(data, n)
+            parts = [list_to_matrix(chunk, len(chunk)) for chunk in data.chunks]
+        if len(parts) == 1:
+            steps[column] = parts[0]
+            continue
+        parts = [part for part in parts if len(part)] or parts[:1]
+        shape, dtype = (n, *parts[0].shape[1:]), parts[0].dtype
+        out = (np.ndarray(shape, dtype, buffer_for(int(np.prod(shape)) * dtype.itemsize)) if buffer_for is not None
+               else np.empty(shape, dtype))
+        steps[column] = np.concatenate(parts, out=out)
     return steps

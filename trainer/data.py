@@ -91,6 +91,10 @@ RING_MESSAGES = 3
 """each worker's shared-memory arena holds this many of the largest messages (sent, in flight, held)"""
 RING_MIN_BYTES, RING_MAX_BYTES = 16 << 20, 512 << 20
 """bounds on an arena; a batch bigger than the arena travels as a torch shared tensor"""
+STORE_EXTRA_UNITS, STORE_MAX_BYTES = 3, 256 << 20
+"""a worker's unit store (shared memory kept between passes, trainer/ring.py) holds the prompt
+pool's units of every task plus this many (read ahead, cached, held by buffered plans), up to
+the cap; what does not fit goes to the worker's own memory"""
 
 @dataclass
 class DataConfig:
@@ -213,6 +217,10 @@ class GatoDataset(IterableDataset):
         if info is None:
             self._consumed = [skip]
         group = self.batch_size or 1
+        if info is not None and self.ring is not None:
+            self.ring.map_arena(worker)
+            if self.ring.store_bytes:  # decode and tokenize into memory the loader keeps warm between passes
+                self.catalog.unit_store = (self.ring.store(worker), self.ring.store_used[worker:worker + 1])
         self.catalog.start_read_ahead()
         sampler.read_ahead = self.catalog.read_ahead
         sampler.read_first_units()
@@ -234,7 +242,7 @@ class GatoDataset(IterableDataset):
                 held = []
                 if info is None:
                     layout = write_batch(plans, sampler, lambda n: held.append(host_buffer(n)) or held[0], targets)
-                    block = torch.from_numpy(held[0])
+                    block = held[0]
                 else:  # one torch shared segment, which the DataLoader sends as it is
                     layout = write_batch(plans, sampler, lambda n: held.extend(shared_buffer(n)) or held[1], targets)
                     block = held[0]
@@ -271,7 +279,7 @@ class GatoDataset(IterableDataset):
             return buffer
 
         layout = write_batch(plans, sampler, buffer_for, self.config.observation_targets)
-        message = {"layout": layout.key()}
+        message = {"layout": layout.key(), "real_tokens": sum(plan.num_tokens for plan in plans)}
         if "ticket" in where:
             message["ring"] = (worker, where["ticket"], where["offset"])
         else:
@@ -285,8 +293,8 @@ class GatoDataset(IterableDataset):
         if "ring" in message:
             worker, ticket, offset = message["ring"]
             region = ring.view(worker, offset, layout.nbytes)
-            ring.lend(region, worker, ticket)  # the tensors' storage holds ``region``: freed with the last of them
-            return as_tensors(layout, torch.from_numpy(region))
+            ring.lend(region, worker, ticket)  # the tensors hold ``region``: freed with the last of them
+            return as_tensors(layout, region)
         return as_tensors(layout, message["buffer"])
 
     # -------------------------------------------------------------- state
@@ -361,10 +369,16 @@ class SequenceLoader:
                 worker = turn % workers
                 turn += 1
                 for item in message["bundle"] if "bundle" in message else [message]:  # a worker's message
-                    batch = self.dataset.receive(item, ring) if "layout" in item else item
-                    self.consumed[worker] += len(batch["tokens"])
-                    self.real_tokens += int(batch["attention_mask"].sum())
-                    self.total_tokens += batch["attention_mask"].numel()
+                    if "layout" in item:  # the worker counted the real tokens: no pass over the mask here
+                        batch = self.dataset.receive(item, ring)
+                        real = item["real_tokens"]
+                    else:
+                        batch = item
+                        real = int(np.count_nonzero(batch["attention_mask"].numpy()))  # torch's sum: ~50 us
+                    rows, length = batch["attention_mask"].shape
+                    self.consumed[worker] += rows
+                    self.real_tokens += real
+                    self.total_tokens += rows * length
                     yield batch
         finally:
             self.dataset.ring = None
@@ -382,7 +396,9 @@ class SequenceLoader:
         most = BatchLayout.max_bytes(self.batch_size, dataset.config.sequence_length, dataset.max_patches,
                                      *dataset.max_frames, dataset.config.observation_targets, dataset.config.provenance)
         arena = RING_MESSAGES * (most + BUNDLE_BYTES)
-        return BatchRing.claim(self.num_workers, min(max(arena, RING_MIN_BYTES), RING_MAX_BYTES))
+        store = dataset.catalog.bytes_held(dataset.config.prompt_pool_units + STORE_EXTRA_UNITS)
+        return BatchRing.claim(self.num_workers, min(max(arena, RING_MIN_BYTES), RING_MAX_BYTES),
+                               min(store, STORE_MAX_BYTES))
 
     def __len__(self) -> int:
         raise TypeError("a streaming loader has no length")

@@ -230,14 +230,15 @@ class ShardSampler:
                 self.prompt_debt = min(self.prompt_debt + 1, MAX_PROMPT_DEBT)
             pieces: list[Piece] = []
             kind = NO_PROMPT
+            prompt_tokens = 0
             if self.prompt_debt:
                 prompt = self._prompt(stream, unit, position, int(length * self.settings.prompt_fraction))
                 if prompt is not None:
                     kind, piece = prompt
                     pieces.append(piece)
+                    prompt_tokens = piece.end - piece.start
                     self.prompt_debt -= 1
-            prompt_tokens = sum(p.end - p.start for p in pieces)
-            pieces += self._take(stream, length - prompt_tokens)
+            self._take(stream, length - prompt_tokens, pieces, head)
             return Plan(stream.task, pieces, kind, prompt_tokens)
         return None
 
@@ -264,17 +265,21 @@ class ShardSampler:
                 stream.done = True
         return None
 
-    def _take(self, stream: TaskStream, budget: int) -> list[Piece]:
-        pieces: list[Piece] = []
+    def _take(self, stream: TaskStream, budget: int, pieces: list[Piece], head: tuple[int, int] | None) -> None:
+        """Append pieces of ``budget`` tokens of the stream to ``pieces``, starting at ``head``
+        (where the stream continues now, as ``_head`` just said)."""
+        first_piece = True
         while budget > 0:
-            head = self._head(stream)
             if head is None:
-                break
+                head = self._head(stream)
+                if head is None:
+                    break
             unit, start = head
-            first_piece = not pieces
+            head = None
             tokens = stream.pool[unit]
             end = min(tokens.num_tokens, start + budget)
             pieces.append(Piece(stream.task, unit, start, end, tokens))
+            first, first_piece = first_piece, False
             budget -= end - start
             if end == tokens.num_tokens:
                 stream.cursor = end
@@ -282,10 +287,9 @@ class ShardSampler:
             # the timestep holding token ``end`` was cut: the next sequence starts with it whole
             step = tokens.step_of(end)
             restart = tokens.offsets[step]
-            if restart <= start and first_piece:  # one timestep longer than the budget: skip the rest of it
+            if restart <= start and first:  # one timestep longer than the budget: skip the rest of it
                 restart = tokens.offsets[step + 1]
             stream.cursor = restart
-        return pieces
 
     def _unit(self, stream: TaskStream, unit: int) -> UnitTokens:
         tokens = stream.pool.get(unit)
@@ -321,9 +325,9 @@ class ShardSampler:
         for pool_unit, tokens, found in candidates:
             count = len(found) - (tokens is current)
             if pick < count:
-                if tokens is current and pick >= int(found.searchsorted(own)):
+                if tokens is current and pick >= bisect.bisect_left(found, own):
                     pick += 1  # step over its own episode
-                index = int(found[pick])
+                index = found[pick]
                 break
             pick -= count
         first, last = tokens.starts[index], tokens.starts[index + 1]

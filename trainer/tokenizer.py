@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Union
 
@@ -243,12 +244,17 @@ class StepTokens:
 
 
 def tokenize_steps(steps: dict, spec: TaskSpec, text_model: TextTokenizer | None = None,
-                   actions: bool = True, max_text_tokens: int = 128, layout: StepLayout | None = None) -> StepTokens:
+                   actions: bool = True, max_text_tokens: int = 128, layout: StepLayout | None = None,
+                   buffer_for: Callable[[int], np.ndarray] | None = None) -> StepTokens:
     """Tokenize T timesteps at once (vectorized: no Python loop over tokens or values).
 
     ``steps`` maps shard columns to arrays with T rows, as in ``shards.Episode.steps``. With
     ``actions=False`` a timestep is its observation tokens and the separator only.
+    ``buffer_for(nbytes)`` gives the memory of the token arrays and their large temporaries
+    (uint8, e.g. trainer.buffers.BufferPool.take: a loader worker's recycled memory); default
+    fresh memory.
     """
+    new = _allocator(buffer_for)
     layout = layout or StepLayout.of(spec)
     lengths = {len(v) for k, v in steps.items() if k in spec.observation or (actions and k in spec.action)}
     if len(lengths) > 1:
@@ -286,7 +292,7 @@ def tokenize_steps(steps: dict, spec: TaskSpec, text_model: TextTokenizer | None
     width_text = 0 if text_ids is None else text_ids.shape[1]
     n_action = 1 + sum(b.shape[1] for b in action_blocks)
     width = obs_width + width_text + n_action
-    matrix = np.empty((t, width), np.int32)
+    matrix = new((t, width), np.int32)
     at = 0
     for block in obs_blocks + ([text_ids] if text_ids is not None else []):
         matrix[:, at:at + block.shape[1]] = block
@@ -301,20 +307,19 @@ def tokenize_steps(steps: dict, spec: TaskSpec, text_model: TextTokenizer | None
     row_loss[obs_width + width_text + 1:] = True  # actions (not the separator)
     row_local = np.full(width, -1, np.int16)
     row_local[:obs_width + width_text] = np.arange(obs_width + width_text)
-    if text_ids is None:
-        tokens = matrix.reshape(-1)
-        loss_mask = np.tile(row_loss, t)
-        local = np.tile(row_local, t)
-        step_lengths = np.full(t, width, dtype=np.int64)
-    else:
-        valid = np.ones(matrix.shape, dtype=bool)
-        valid[:, obs_width:obs_width + width_text] = np.arange(width_text)[None, :] < text_lengths[:, None]
-        tokens = matrix[valid]
-        loss_mask = np.broadcast_to(row_loss, matrix.shape)[valid]
-        local = np.broadcast_to(row_local, matrix.shape)[valid]
-        step_lengths = obs_width + n_action + text_lengths.astype(np.int64)
+    loss_mask, local = new((t, width), np.bool_), new((t, width), np.int16)
+    loss_mask[...] = row_loss
+    local[...] = row_local
     offsets = np.zeros(t + 1, dtype=np.int64)
-    np.cumsum(step_lengths, out=offsets[1:])
+    if text_ids is None:
+        tokens, loss_mask, local = matrix.reshape(-1), loss_mask.reshape(-1), local.reshape(-1)
+        offsets[1:] = np.arange(1, t + 1) * width
+    else:  # each row cut to its text's length: the rows' kept cells, in order
+        valid = new((t, width), np.bool_)
+        valid[...] = True
+        np.less(np.arange(width_text)[None, :], text_lengths[:, None], out=valid[:, obs_width:obs_width + width_text])
+        np.cumsum(obs_width + n_action + text_lengths, out=offsets[1:])
+        tokens, loss_mask, local = _keep_cells(valid, offsets, new, matrix, loss_mask, local)
     frames = _frames(steps[OBS_IMAGE], t, layout.image_shape) if layout.patches else None
     return StepTokens(tokens=tokens, loss_mask=loss_mask, local_positions=local, step_offsets=offsets,
                       frames=frames, layout=layout)
@@ -430,6 +435,38 @@ def decode_action(tokens: np.ndarray, spec: TaskSpec) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+KEEP_ROWS = 256
+"""rows compacted at a time by ``_keep_cells``"""
+
+
+def _keep_cells(valid: np.ndarray, offsets: np.ndarray, new, *arrays: np.ndarray) -> list[np.ndarray]:
+    """The cells of each (T, width) array where ``valid``, row by row, into new flat arrays.
+    KEEP_ROWS rows at a time: a boolean index (or np.compress) of the whole matrix builds an
+    int64 index of every kept cell first, 8 bytes a token of fresh memory per array."""
+    rows, width = valid.shape
+    flats = [a.reshape(-1) for a in arrays]
+    outs = [new((int(offsets[-1]),), a.dtype) for a in arrays]
+    for first in range(0, rows, KEEP_ROWS):
+        last = min(rows, first + KEEP_ROWS)
+        cells = np.flatnonzero(valid[first:last].reshape(-1))
+        cells += first * width
+        for flat, out in zip(flats, outs):
+            np.take(flat, cells, out=out[offsets[first]:offsets[last]], mode="clip")  # "clip": no bounds buffering
+    return outs
+
+
+def _allocator(buffer_for: Callable[[int], np.ndarray] | None) -> Callable[[tuple[int, ...], type], np.ndarray]:
+    """``new(shape, dtype)``: an uninitialized array, in ``buffer_for``'s memory when given."""
+    if buffer_for is None:
+        return np.empty
+
+    def new(shape: tuple[int, ...], dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        return np.ndarray(shape, dtype, buffer_for(math.prod(shape) * dtype.itemsize))
+
+    return new
+
 
 def _column(steps: dict, column: str, t: int):
     if column not in steps:
