@@ -47,7 +47,8 @@ class WorkUnit:
     max_episode_steps: int | None = None
     cut_after_success: int | None = None
     action_noise: float | None = None
-    """std of the Gaussian noise added to executed actions (the recorded ones stay the expert's)"""
+    """noise on the executed actions (a std for continuous ones, a probability of a random one for
+    discrete ones); the recorded actions stay the expert's"""
     num_cpus: float = 1.0
     num_gpus: float = 0.0
 
@@ -71,15 +72,14 @@ def plan_units(spec: DatasetSpec) -> list[WorkUnit]:
     for plan in spec.tasks:
         runs = _training_units(plan) if plan.expert.kind == "train" else []
         training += runs
+        source = "scripted" if plan.expert.kind == "scripted" else "rollout"
+        expert = f"trained:{runs[-1].unit_id}" if runs else plan.expert.load_spec()
+        depends_on = runs[-1].unit_id if runs else None
         if plan.rollout_episodes:
-            source = "scripted" if plan.expert.kind == "scripted" else "rollout"
-            expert = f"trained:{runs[-1].unit_id}" if runs else plan.expert.load_spec()
-            rest += _chunks(plan, source, plan.rollout_episodes, expert, runs[-1].unit_id if runs else None)
+            rest += _chunks(plan, source, plan.rollout_episodes, expert, depends_on)
         if plan.noisy_episodes:  # after the clean ones: the windowed expert return sees those first
-            source = "scripted" if plan.expert.kind == "scripted" else "rollout"
-            expert = f"trained:{runs[-1].unit_id}" if runs else plan.expert.load_spec()
-            rest += _chunks(plan, source, plan.noisy_episodes, expert, runs[-1].unit_id if runs else None,
-                            label="noisy", action_noise=plan.action_noise)
+            rest += _chunks(plan, source, plan.noisy_episodes, expert, depends_on, label="noisy",
+                            action_noise=plan.action_noise)
         if plan.random_episodes:
             rest += _chunks(plan, "random", plan.random_episodes, "random", None)
     return training + rest
