@@ -107,8 +107,8 @@ class TaskPlan:
     """end expert episodes this many steps after the first success (None: never)"""
     seed: int
     noisy_episodes: int = 0
-    """extra expert episodes collected after the clean ones with Gaussian noise added to the
-    executed actions, while the recorded action stays the expert's own (DART): the data then
+    """extra expert episodes collected after the clean ones with noise on the executed actions
+    (see action_noise), while the recorded action stays the expert's own (DART): the data then
     shows the expert correcting from states its clean runs never visit"""
     action_noise: float | None = None
     """continuous actions: the noise's std in the [-1, 1] action scale; discrete actions: the

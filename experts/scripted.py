@@ -38,23 +38,22 @@ class BabyAIBotExpert:
     kind = "scripted"
 
     def __init__(self, env: gym.vector.SyncVectorEnv) -> None:
-        from minigrid.utils.baby_ai_bot import BabyAIBot
+        from minigrid.utils.baby_ai_bot import BabyAIBot, DisappearedBoxError
 
         self._bot_class = BabyAIBot
+        self._box_opened = DisappearedBoxError
         self._envs = [e.unwrapped for e in env.envs]
         self._bots: list[Any] = [None] * len(self._envs)
         self._taken: list[int | None] = [None] * len(self._envs)  # what each env executed last, if not our advice
 
     def act(self, obs_batch: Any, deterministic: bool = True) -> np.ndarray:
-        from minigrid.utils.baby_ai_bot import DisappearedBoxError
-
         actions = np.zeros(batch_size(obs_batch), dtype=np.int64)
         for i, env in enumerate(self._envs):
             if self._bots[i] is None:
                 self._bots[i] = self._bot_class(env)
             try:
                 actions[i] = int(self._bots[i].replan(self._taken[i]))
-            except DisappearedBoxError:
+            except self._box_opened:
                 # an executed random toggle opened a box (it vanishes): a new bot plans from the
                 # grid as it is now, where the old one refuses to
                 self._bots[i] = self._bot_class(env)

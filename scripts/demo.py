@@ -100,10 +100,10 @@ def main(config: DemoConfig) -> int:
     out = Path(config.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     timings = _load_json(out / "stages.json")
-    runners = {"collect": _collect, "validate": _validate, "curate": _curate, "tokenizer": _tokenizer,
-               "train": _train, "evaluate": _evaluate, "report": _report}
     total_start = time.perf_counter()
-    runners["train"] = lambda config, out: _train(config, out, demo_start=total_start)
+    runners = {"collect": _collect, "validate": _validate, "curate": _curate, "tokenizer": _tokenizer,
+               "train": lambda config, out: _train(config, out, demo_start=total_start),
+               "evaluate": _evaluate, "report": _report}
     for number, name in enumerate(STAGES, 1):
         if getattr(config, f"skip_{name}"):
             print(f"[demo] {number}/{len(STAGES)} {name}: skipped (--skip-{name})", flush=True)
