@@ -33,7 +33,7 @@ from collectors.episode_limits import limited_vector_env
 from collectors.units import WorkUnit
 from collectors.writer_thread import BackgroundWriter
 from shards.episode import Episode
-from shards.format import INDEX_SCHEMA
+from shards.format import conform_index
 from shards.storage import Root, atomic_write
 from shards.writer import COMPRESSION, index_table
 
@@ -89,7 +89,7 @@ def run_unit(root_uri: str | Root, unit: WorkUnit, trained: dict[str, Any] | Non
 
 def commit_fragment(root: Root, relative: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     """Write a unit's index fragment (its commit marker) with the summary in the schema metadata."""
-    table = index_table(rows).cast(INDEX_SCHEMA)
+    table = conform_index(index_table(rows))
     table = table.replace_schema_metadata({SUMMARY_KEY: json.dumps(summary, default=_jsonable).encode()})
     with atomic_write(root, relative) as sink:
         pq.write_table(table, sink, compression=COMPRESSION)
@@ -100,7 +100,7 @@ def read_fragment(root: Root, relative: str) -> tuple[pa.Table, dict[str, Any]]:
     with root.fs.open_input_file(root.path(relative)) as handle:
         table = pq.read_table(handle)
     summary = json.loads((table.schema.metadata or {}).get(SUMMARY_KEY, b"{}"))
-    return table.replace_schema_metadata(None).cast(INDEX_SCHEMA), summary
+    return conform_index(table.replace_schema_metadata(None)), summary
 
 
 class _Stamper:

@@ -14,7 +14,8 @@ it got (shards' convention), so the SAME_STEP final observation is not stored. E
 carries ``run_index`` (0, 1, 2... in the order episodes finish; ties broken by env index),
 ``policy_steps`` (how many env steps the agent had taken, over all envs, when the episode
 began), the run's ``seed`` and ``success`` where the domain defines it (Meta-World: success
-at any step; BabyAI: positive reward at termination; Procgen: level completed).
+at any step; BabyAI: positive reward at termination; Procgen: level completed), with
+``success_step``, the first step that reported it.
 
 ``infos`` may be Gymnasium's vector dict (with ``final_info`` for finished envs) or SB3's list
 of per-env dicts. An ``info["raw_reward"]`` (set by reward-clipping wrappers) replaces the
@@ -47,6 +48,7 @@ class EpisodeRecorder:
         self.active = np.ones(num_envs, dtype=bool)
         self._rows: list[list[dict[str, Any]]] = [[] for _ in range(num_envs)]
         self._success: list[bool | None] = [None] * num_envs
+        self._success_step: list[int | None] = [None] * num_envs
         self._began: list[int] = [start_policy_steps] * num_envs
         self.episodes_done = 0
 
@@ -98,6 +100,8 @@ class EpisodeRecorder:
             flag = info_value(key)
             if flag is not None:
                 self._success[i] = bool(self._success[i]) or bool(flag)
+                if flag and self._success_step[i] is None:
+                    self._success_step[i] = len(self._rows[i]) - 1
         return self._finish(i) if terminated or truncated else None
 
     def retire(self, env_index: int) -> None:
@@ -110,6 +114,7 @@ class EpisodeRecorder:
         success = self._success[i]
         if self.entry.success_key is not None and success is None:
             success = False
+        success_step, self._success_step[i] = self._success_step[i], None
         self._success[i] = None
         columns = [c for c in rows[0] if not c.startswith("_")]
         steps = {c: [r[c] for r in rows] if c == "obs_text" else np.stack([r[c] for r in rows]) for c in columns}
@@ -120,6 +125,7 @@ class EpisodeRecorder:
             truncated=np.array([r["_truncated"] for r in rows], dtype=bool),
             run_id=self.run_id, run_index=self.next_index, source=self.source,
             policy_steps=self._began[i], seed=self.seed, success=success,
+            success_step=success_step,
         )
         self.next_index += 1
         self.episodes_done += 1

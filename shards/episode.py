@@ -32,6 +32,9 @@ class Episode:
     policy_steps: int = -1
     seed: int = -1
     success: bool | None = None
+    success_step: int | None = None
+    """first step whose info reported success (None: never, or the task defines no success);
+    lets a trainer skip the idle tail of fixed-horizon tasks"""
     episode_id: int = field(default=-1)
 
     def __post_init__(self) -> None:
@@ -47,6 +50,8 @@ class Episode:
         for name in ("terminated", "truncated"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"Episode.{name} has {len(getattr(self, name))} rows, rewards has {n}")
+        if self.success_step is not None and not 0 <= self.success_step < n:
+            raise ValueError(f"Episode.success_step={self.success_step}; expected a step in [0, {n})")
         if self.episode_id < 0:
             object.__setattr__(self, "episode_id", episode_id_for(self.task, self.run_id, self.run_index))
 

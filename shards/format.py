@@ -66,10 +66,30 @@ INDEX_SCHEMA = pa.schema(
         pa.field("return", pa.float64()),
         pa.field("length", pa.int64()),
         pa.field("success", pa.bool_()),  # nullable: not every task defines success
+        pa.field("success_step", pa.int64()),  # nullable: first step reporting success (None: never or not recorded)
         pa.field("file", pa.string()),
         pa.field("row_offset", pa.int64()),
     ]
 )
+
+# Index columns added after format version 1 first shipped: an index without them reads as all-null.
+OPTIONAL_INDEX_COLUMNS = ("success_step",)
+
+
+def conform_index(table: pa.Table) -> pa.Table:
+    """``table`` in INDEX_SCHEMA's column order and types (see ``with_optional_columns``)."""
+    return with_optional_columns(table).select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
+
+
+def with_optional_columns(table: pa.Table) -> pa.Table:
+    """``table`` with any missing optional index column added as nulls, so indexes and fragments
+    written before that column existed stay readable."""
+    for name in OPTIONAL_INDEX_COLUMNS:
+        if name not in table.column_names:
+            field = INDEX_SCHEMA.field(name)
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table
+
 
 # Rows per row group are chosen so one group holds roughly this many bytes.
 TARGET_ROW_GROUP_BYTES = 4 << 20

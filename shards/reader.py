@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from shards.episode import Episode
-from shards.format import INDEX_FILE, INDEX_SCHEMA, OBS_IMAGE, OBS_TEXT, MODALITY_TYPES
+from shards.format import INDEX_FILE, INDEX_SCHEMA, OBS_IMAGE, OBS_TEXT, OPTIONAL_INDEX_COLUMNS, MODALITY_TYPES, with_optional_columns
 from shards.manifest import Manifest, read_manifest
 from shards.storage import Root
 
@@ -113,10 +113,10 @@ def read_index(root: str | Root, dictionary: bool = False) -> pa.Table:
             table = pq.read_table(handle, read_dictionary=encoded)
     except (pa.ArrowInvalid, OSError) as error:
         raise ShardError(f"{path}: unreadable Parquet ({error})") from None
-    missing = [f.name for f in INDEX_SCHEMA if f.name not in table.column_names]
+    missing = [f.name for f in INDEX_SCHEMA if f.name not in table.column_names and f.name not in OPTIONAL_INDEX_COLUMNS]
     if missing:
         raise ShardError(f"{path}: missing index column(s) {missing}")
-    return table.select(INDEX_SCHEMA.names)
+    return with_optional_columns(table).select(INDEX_SCHEMA.names)
 
 
 def open_parquet(fs: pafs.FileSystem, path: str) -> pq.ParquetFile:
@@ -183,7 +183,7 @@ def table_to_episode(table: pa.Table, row: dict, image_shape: tuple[int, ...] | 
         rewards=table["reward"].to_numpy(), terminated=table["terminated"].to_numpy(),
         truncated=table["truncated"].to_numpy(), run_id=row["run_id"], run_index=row["run_index"],
         source=row["source"], policy_steps=row["policy_steps"], seed=row["seed"],
-        success=row["success"], episode_id=row["episode_id"],
+        success=row["success"], success_step=row.get("success_step"), episode_id=row["episode_id"],
     )
 
 

@@ -79,6 +79,13 @@ def _check_index(index: pa.Table, manifest: Manifest | None, root: Root) -> list
     lengths = index["length"].to_numpy(zero_copy_only=False)
     if (lengths < 0).any():
         problems.append(f"{where}: negative episode length(s)")
+    success_step = index["success_step"].fill_null(0).to_numpy(zero_copy_only=False)
+    outside = (success_step < 0) | ((success_step >= lengths) & (lengths > 0))
+    if outside.any():
+        first = int(np.flatnonzero(outside)[0])
+        problems.append(f"{where}: {int(outside.sum())} success_step value(s) outside [0, length), e.g. episode "
+                        f"{index['episode_id'][first].as_py()}: success_step {int(success_step[first])}, "
+                        f"length {int(lengths[first])}")
     return problems
 
 

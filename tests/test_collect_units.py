@@ -67,6 +67,7 @@ def test_cut_after_success_ends_metaworld_episodes_soon_after_success(tmp_path):
     lengths = table["length"].to_pylist()
     assert all(length < 500 for length in lengths), lengths  # full episodes are 500 steps
     assert table["success"].to_pylist() == [True, True]
+    assert table["success_step"].to_pylist() == [length - 1 - 5 for length in lengths]  # the cut's own count
     steps = pq.read_table(tmp_path / table["file"][0].as_py())
     ends = np.cumsum(lengths) - 1
     assert steps["truncated"].to_numpy()[ends].all()  # a cut is a truncation, not a termination

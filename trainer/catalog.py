@@ -105,7 +105,8 @@ class UnitTokens:
 class Catalog:
     """Episode index of several roots as numpy columns, plus unit reading."""
 
-    def __init__(self, roots: list[str], text_model: TextTokenizer | None = None, max_text_tokens: int = 128) -> None:
+    def __init__(self, roots: list[str], text_model: TextTokenizer | None = None, max_text_tokens: int = 128,
+                 success_tail: int | None = None) -> None:
         if not roots:
             raise ValueError("no dataset roots given")
         self.roots = [str(r) for r in roots]
@@ -113,7 +114,8 @@ class Catalog:
         self.max_text_tokens = max_text_tokens
         self.datasets = [Dataset(r) for r in self.roots]
         self.specs: dict[str, TaskSpec] = {}
-        columns: dict[str, list[np.ndarray]] = {k: [] for k in ("root", "episode_id", "task", "source", "file", "offset", "length")}
+        columns: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("root", "episode_id", "task", "source", "file", "offset", "length", "success_step")}
         self.files: list[tuple[int, str]] = []
         file_codes: dict[tuple[int, str], int] = {}
         self.sources: list[str] = []
@@ -141,6 +143,7 @@ class Catalog:
             columns["file"].append(np.array([file_codes.setdefault((root_index, f), len(file_codes)) for f in files], np.int64))
             columns["offset"].append(index["row_offset"].to_numpy())
             columns["length"].append(index["length"].to_numpy())
+            columns["success_step"].append(index["success_step"].fill_null(-1).to_numpy())
         self.files = list(file_codes)
         self.sources = list(source_codes)
         if not columns["root"]:
@@ -155,6 +158,9 @@ class Catalog:
         self.episode_file = np.concatenate(columns["file"])
         self.episode_offset = np.concatenate(columns["offset"])
         self.episode_length = np.concatenate(columns["length"])
+        if success_tail is not None:
+            self.episode_length = trim_after_success(self.episode_length, np.concatenate(columns["success_step"]),
+                                                     success_tail)
         empty = self.episode_length <= 0
         if empty.any():
             log.warning("skipping %d episode(s) of length 0", int(empty.sum()))
@@ -444,3 +450,12 @@ def table_to_steps(table: pa.Table, spec: TaskSpec, buffer_for: Callable[[int], 
                else np.empty(shape, dtype))
         steps[column] = np.concatenate(parts, out=out)
     return steps
+
+
+def trim_after_success(lengths: np.ndarray, success_step: np.ndarray, tail: int) -> np.ndarray:
+    """Episode lengths cut ``tail`` steps after each episode's first success (``success_step``
+    -1: none recorded, length kept). The steps kept are a prefix, so offsets stay valid."""
+    if tail < 0:
+        raise ValueError(f"success_tail={tail}: expected an integer >= 0 or None")
+    cut = np.where(success_step >= 0, success_step + 1 + tail, lengths)
+    return np.minimum(lengths, cut)

@@ -122,6 +122,10 @@ class DataConfig:
     passes: int | None = SamplerSettings.passes
     """epochs over each task before its stream ends; None streams forever"""
     max_text_tokens: int = 128
+    success_tail: int | None = None
+    """train on each episode only up to this many steps after its first success (episodes whose
+    index records ``success_step``); None: whole episodes. Meta-World's scripted policies
+    succeed by step 40-70 of 500, so whole episodes spend most windows on an arm at rest"""
     """text tokens kept per timestep"""
     prompt_pool_units: int = 3
     """read units per task kept for drawing prompts (memory: about this many row groups per task)"""
@@ -140,6 +144,8 @@ class DataConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= (0.5 if name == "prompt_fraction" else 1.0):
                 problems.append(f"{name}={value}: expected a number in [0, {0.5 if name == 'prompt_fraction' else 1}]")
+        if self.success_tail is not None and self.success_tail < 0:
+            problems.append(f"success_tail={self.success_tail}: expected an integer >= 0 or None")
         if self.passes is not None and self.passes < 1:
             problems.append(f"passes={self.passes}: expected >= 1 or None")
         if problems:
@@ -176,7 +182,7 @@ class GatoDataset(IterableDataset):
             raise ValueError(f"rank={rank} is not in [0, world_size={world_size})")
         self.rank, self.world_size = rank, world_size
         self.text_model = TextTokenizer.load(config.text_model) if config.text_model else None
-        self.catalog = Catalog(config.roots, self.text_model, config.max_text_tokens)
+        self.catalog = Catalog(config.roots, self.text_model, config.max_text_tokens, config.success_tail)
         with_text = [t for t, layout in self.catalog.layouts.items() if layout.has_text]
         if with_text and self.text_model is None:
             raise ValueError(f"tasks {with_text} have obs_text: pass text_model (fit one with "
@@ -331,6 +337,7 @@ class GatoDataset(IterableDataset):
         payload = json.dumps({"settings": settings, "roots": self.config.roots, "weights": self.weights,
                               "episodes": int(self.catalog.num_episodes), "world_size": self.world_size,
                               "max_text_tokens": self.config.max_text_tokens,
+                              **({"success_tail": self.config.success_tail} if self.config.success_tail is not None else {}),
                               "ids": hashlib.blake2b(self.catalog.episode_id.tobytes(), digest_size=8).hexdigest()},
                              sort_keys=True, default=str)
         return hashlib.blake2b(payload.encode(), digest_size=12).hexdigest()

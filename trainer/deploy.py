@@ -169,20 +169,27 @@ class GatoAgent:
 
 def demonstration_prompt(dataset: Dataset, task: str, spec: TaskSpec, text_model: TextTokenizer | None,
                          max_tokens: int, where: str = "end", max_text_tokens: int = 128,
-                         episode_id: int | None = None, min_steps: int = 1) -> tuple[TokenChunk, int]:
+                         episode_id: int | None = None, min_steps: int = 1,
+                         success_tail: int | None = None) -> tuple[TokenChunk, int]:
     """Whole timesteps of a successful demonstration of ``task``, at most ``max_tokens`` tokens
     but at least ``min_steps`` timesteps (as the loader's prompts):
     its last timesteps (``where="end"``, the goal-conditioning prompt the loader trains with) or
     its first ones (``"start"``, Gato's default). Returns the tokens and the episode id.
 
     The demonstration is the task's highest-return episode with success=True, or the
-    highest-return one when the dataset records no success."""
+    highest-return one when the dataset records no success. With ``success_tail`` (the
+    loader's), it ends that many steps after its first success, where the loader's end
+    prompts end."""
     if where not in ("start", "end"):
         raise ValueError(f"prompt position {where!r}: expected 'start' or 'end'")
     if episode_id is None:
         episode_id = best_episode(dataset, task)
     episode = dataset.episode(episode_id)
-    run = tokenize_steps(episode.steps, spec, text_model, actions=True, max_text_tokens=max_text_tokens)
+    steps = episode.steps
+    if success_tail is not None and episode.success_step is not None:
+        keep = episode.success_step + 1 + success_tail
+        steps = {name: values[:keep] for name, values in steps.items()}
+    run = tokenize_steps(steps, spec, text_model, actions=True, max_text_tokens=max_text_tokens)
     offsets = run.step_offsets
     if where == "start":
         first = 0
@@ -237,7 +244,8 @@ def run_info(state: dict[str, Any]) -> dict[str, Any]:
     return {"path": state["path"], "step": state["step"], "data_roots": state["data_roots"],
             "text_model": state.get("text_model"), "max_text_tokens": state.get("max_text_tokens", 128),
             "context": int(loader.get("sequence_length", state["model_config"]["block_size"])),
-            "prompt_fraction": float(loader.get("prompt_fraction", 0.25))}
+            "prompt_fraction": float(loader.get("prompt_fraction", 0.25)),
+            "success_tail": loader.get("success_tail")}
 
 
 def _median(logits: torch.Tensor) -> np.ndarray:
