@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -81,6 +82,29 @@ def test_head_only_at_loss_positions_and_padding_ignored():
     assert torch.allclose(model(changed).loss, loss)
     changed["tokens"][0, 20] = (changed["tokens"][0, 20] + 1 - 32000) % 1024 + 32000  # a real token does
     assert not torch.allclose(model(changed).loss, loss)
+
+
+def test_head_vocab_softmax_runs_over_the_target_ids_only():
+    torch.manual_seed(0)
+    full = Gato(CONFIGS["gato-tiny"]).eval()
+    small = Gato(dataclasses.replace(CONFIGS["gato-tiny"], head_vocab=1024)).eval()
+    small.load_state_dict(full.state_dict())
+    for continuous in (True, False):
+        batch = synthetic_batch(SyntheticBatchConfig(batch_size=2, seq_len=64, padding=4, continuous=continuous))
+        h = full.hidden_states(batch["tokens"], batch["local_positions"], batch["is_image"], *real_patches(batch))
+        target = batch["loss_mask"][:, 1:] & batch["attention_mask"][:, 1:]
+        logits = full.lm_head(h[:, :-1][target])
+        keep = torch.cat((torch.arange(1024), torch.arange(32000, 33024)))  # text/discrete ids, continuous bins
+        targets = batch["tokens"][:, 1:][target]
+        expected = torch.nn.functional.cross_entropy(logits[:, keep], torch.searchsorted(keep, targets))
+        assert torch.allclose(small(batch).loss, expected, atol=1e-5)
+        assert small(batch).loss < full(batch).loss  # fewer competitors in the softmax
+    text = synthetic_batch(SyntheticBatchConfig(batch_size=1, seq_len=32, continuous=False))
+    text["tokens"][text["loss_mask"]] = 5000  # a text id past head_vocab
+    with pytest.raises(ValueError, match="head_vocab=1024"):
+        small(text)
+    with pytest.raises(ValueError, match="head_vocab=40000"):
+        GatoConfig(head_vocab=40000)
 
 
 def test_kv_cache_matches_full_forward_and_rolls():

@@ -76,6 +76,11 @@ class GatoConfig:
     """start the 1024 continuous-bin rows of the (tied) token table as a smooth code of each
     bin's value instead of independent noise: neighbouring bins then begin alike, in the input
     and in the output head, so a small model need not learn the order of 1024 values from data"""
+    head_vocab: int | None = None
+    """the training loss's softmax runs over ids [0, head_vocab) and the 1024 continuous bins,
+    the ids a target (an action or a text token) can take when the text model has at most
+    head_vocab pieces; None = the whole vocabulary (Gato). A small text model leaves most of
+    the 32000 text ids unused, and their logits cost most of a small model's step"""
 
     def __post_init__(self) -> None:
         problems = []
@@ -89,6 +94,8 @@ class GatoConfig:
                      "patch_channels", "patch_hidden", "position_bins"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
+        if self.head_vocab is not None and not 1 <= self.head_vocab <= CONTINUOUS_OFFSET:
+            problems.append(f"head_vocab={self.head_vocab} must be None or in [1, {CONTINUOUS_OFFSET}]")
         if problems:
             raise ValueError("model config: " + "; ".join(problems))
 
@@ -339,6 +346,14 @@ class Gato(nn.Module):
         for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
             if name.endswith("attn.proj.weight") or name.endswith("ff.out.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        ids = position = None  # the loss's head over the whole vocabulary
+        if config.head_vocab is not None:
+            ids = torch.cat((torch.arange(config.head_vocab),
+                             torch.arange(CONTINUOUS_OFFSET, CONTINUOUS_OFFSET + CONTINUOUS_BINS)))
+            position = torch.full((config.vocab_size,), -1, dtype=torch.long)
+            position[ids] = torch.arange(len(ids))
+        self.register_buffer("head_ids", ids, persistent=False)  # ids the loss's softmax runs over
+        self.register_buffer("head_position", position, persistent=False)  # id -> its place there, -1 if absent
         if config.smooth_bins:
             with torch.no_grad():
                 self.embed.wte.weight[CONTINUOUS_OFFSET:CONTINUOUS_OFFSET + CONTINUOUS_BINS] = smooth_bin_code(
@@ -372,14 +387,26 @@ class Gato(nn.Module):
         live = batch["attention_mask"][:, 1:]
         target_mask = batch["loss_mask"][:, 1:] & live  # (B, T-1)
         h_prev = h[:, :-1]  # (B, T-1, C)
-        logits = self.lm_head(h_prev[target_mask])  # (n_targets, V): ~1% of positions in control data
-        action_loss = F.cross_entropy(logits.float(), tokens[:, 1:][target_mask]) if logits.shape[0] else h.sum() * 0
+        logits, targets = self.target_logits(h_prev[target_mask], tokens[:, 1:][target_mask])
+        action_loss = F.cross_entropy(logits.float(), targets) if logits.shape[0] else h.sum() * 0
         obs_loss = None
         loss = action_loss
         if self.config.kappa:
             obs_loss = self.observation_loss(batch, h_prev, live, patches)
             loss = (1 - self.config.kappa) * action_loss + self.config.kappa * obs_loss
         return GatoLoss(loss, action_loss, obs_loss, int(target_mask.sum()))
+
+    def target_logits(self, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (n, V or head size) of target states (n, C) and the targets as indices into them."""
+        if self.head_ids is None:
+            return self.lm_head(h), targets
+        positions = self.head_position[targets]
+        if (positions < 0).any():
+            bad = int(targets[positions < 0][0])
+            raise ValueError(f"target token {bad} is outside the model's head (model.head_vocab="
+                             f"{self.config.head_vocab}): use a text model with at most head_vocab pieces, "
+                             "or head_vocab: null")
+        return h @ self.lm_head.weight[self.head_ids].T, positions
 
     def observation_loss(self, batch, h_prev, live, patches) -> torch.Tensor:
         """Next-observation prediction (JAT's kappa, Dynalang's world model): cross-entropy of the
