@@ -3,10 +3,15 @@
     .venv/bin/python bench/loader.py                    # quickstart-like data + a 2 GB stream
     .venv/bin/python bench/loader.py --big-gb 0.5 --repeats 1
 
-Data (written to a temp dir with shards' own writer, deleted afterwards), shaped like the
-quickstart: BabyAI-like (148 discrete values + a mission string, 1 discrete action),
-Meta-World-like (39 continuous values, 4 continuous actions, 500-step episodes) and
-Atari-like (84x84x4 stacked frames of a simple, compressible scene, 1 discrete action).
+Data (written to a temp dir with shards' own writer, deleted afterwards), shaped and sized
+like the quickstart (~520k steps with the defaults; the quickstart has ~510k):
+BabyAI-like, two tasks of 12k episodes each, 6-14 and 10-20 steps (148 discrete values + a
+mission string, 1 discrete action); Meta-World-like, two tasks of 200 episodes of 500 steps
+(39 continuous values, 4 continuous actions); DMC-like cartpole, 20 episodes of 1000 steps
+(5 continuous values, 1 continuous action); a little Atari-like, 4 episodes of 800 steps
+(84x84x4 stacked frames of a simple, compressible scene, 1 discrete action). Until
+2026-12-03 the bench used a 40k-step set (300 BabyAI-like episodes of 20-80 steps, 30
+Meta-World-like, 12 Atari-like): a pass was ~0.6 s, ~0.1 s of it the fresh worker's start.
 
 Measured in one run (medians of ``repeats``):
 - raw: pyarrow reading every row group of the same step files (all columns, one thread),
@@ -16,8 +21,11 @@ Measured in one run (medians of ``repeats``):
   ``make_loader`` with 0 (in-process), 1 and 2 workers, batch 8, L = 1024: steps/s,
   tokens/s, and steps/s as a fraction of raw (target >= 0.30 with 1 worker), overall and per
   domain (1 worker). A pass is a fresh loader, so each timing includes starting the workers
-  and their first reads; batches are the contract's (frames as stored: the model cuts and
-  scales them on its device), received in the main process;
+  and their first reads; that start is also reported on its own (``first_batch_seconds``:
+  from ``iter()`` to the first batch in the main process), with the ratio of the rest of
+  the pass (``fraction_of_raw_after_first_batch``, context only: the target is on the whole
+  pass). Batches are the contract's (frames as stored: the model cuts and scales them on its
+  device), received in the main process;
 - padding: the fraction of padded tokens in that pass and in an endless stream (target <= 0.05);
 - memory: peak RSS (main process + workers, sampled every 50 ms with psutil) while streaming
   an image-only dataset of ``big_gb`` GB on disk (incompressible frames) and one a tenth of
@@ -53,16 +61,21 @@ from trainer.data import DataConfig, make_loader
 from trainer.text_tokenizer import fit_text_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "loader.json"
+DOMAINS = ("babyai", "metaworld", "dmc", "atari")
 MISSIONS = ["go to the red ball", "pick up the blue key", "open the yellow door", "put the grey box next to the purple ball"]
 
 
 @dataclass
 class BenchConfig:
-    """Sizes and repeats."""
+    """Sizes and repeats (defaults: about the quickstart's steps and episode shapes)."""
 
-    babyai_episodes: int = 300
-    metaworld_episodes: int = 30
-    atari_episodes: int = 12
+    babyai_episodes: int = 24_000
+    """split between two tasks: GoToRedBall-like (6-14 steps) and GoToLocal-like (10-20)"""
+    metaworld_episodes: int = 400
+    """500 steps each, split between two tasks"""
+    cartpole_episodes: int = 20
+    """1000 steps each (DMC-like: 5 continuous values, 1 continuous action)"""
+    atari_episodes: int = 4
     atari_length: int = 800
     big_gb: float = 2.0
     """on-disk size of the dataset streamed for peak RSS"""
@@ -100,17 +113,23 @@ def main(config: BenchConfig) -> dict:
             loader[key]["load_average"] = [round(x, 2) for x in os.getloadavg()]
         result["loader"] = loader
         result["fraction_of_raw"] = {k: round(v["steps_per_second"] / v["raw_steps_per_second"], 3) for k, v in loader.items()}
+        # what a pass's fixed start costs, and the ratio without it (context, not the target)
+        result["first_batch_seconds"] = {k: v["first_batch_seconds"] for k, v in loader.items()}
+        result["fraction_of_raw_after_first_batch"] = {
+            k: round(v["steps_per_second"] / v["raw_steps_per_second"] * v["after_first_batch_tokens_per_second"]
+                     / v["tokens_per_second"], 3) for k, v in loader.items()}
         # context on a shared machine: CPU seconds (main process + workers) per step, raw over
         # loader; wall-clock ratios swing with other jobs' load, CPU time much less
         result["cpu_fraction_of_raw"] = {k: round(v["raw_cpu_seconds"] / max(v["cpu_seconds"], 1e-9), 3)
                                          for k, v in loader.items()}
         per_domain = {}
-        for domain in ("babyai", "metaworld", "atari"):
+        for domain in DOMAINS:
             domain_raw = median_run(lambda: raw_decode(root, domain), config.repeats)
             domain_loader = median_run(lambda: loader_pass(root, model, config, 1, only=domain), config.repeats)
-            per_domain[domain] = {"raw_steps_per_second": domain_raw["steps_per_second"],
+            per_domain[domain] = {"steps": domain_raw["steps"], "raw_steps_per_second": domain_raw["steps_per_second"],
                                   "loader_steps_per_second": domain_loader["steps_per_second"],
                                   "loader_tokens_per_second": domain_loader["tokens_per_second"],
+                                  "loader_first_batch_seconds": domain_loader["first_batch_seconds"],
                                   "fraction_of_raw": round(domain_loader["steps_per_second"] / domain_raw["steps_per_second"], 3)}
         result["per_domain_1_worker"] = per_domain
         result["padding_fraction"] = {"one_pass": loader["workers_1"]["padding_fraction"],
@@ -151,8 +170,10 @@ def raw_decode(root: Path, domain: str | None = None) -> dict:
 
 
 def loader_pass(root: Path, model: Path, config: BenchConfig, workers: int, only: str | None = None) -> dict:
-    """One pass over the dataset through the DataLoader; every step is served once."""
-    weights = () if only is None else tuple(f"{d}={1 if d == only else 0}" for d in ("babyai", "metaworld", "atari"))
+    """One pass over the dataset through the DataLoader; every step is served once. The
+    time to the first batch (forking the workers, their first reads, filling the shuffle
+    buffer) is also given on its own, with the rate of the rest of the pass."""
+    weights = () if only is None else tuple(f"{d}={1 if d == only else 0}" for d in DOMAINS)
     data = DataConfig(roots=[str(root)], text_model=str(model), sequence_length=config.sequence_length, passes=1,
                       seed=config.seed, weight=weights)
     loader = make_loader(data, batch_size=config.batch_size, num_workers=workers)
@@ -160,12 +181,18 @@ def loader_pass(root: Path, model: Path, config: BenchConfig, workers: int, only
     steps = sum(n for n, task in zip(index["length"], index["task"]) if only is None or task.startswith(only + "/"))
     start, cpu = time.perf_counter(), _cpu_seconds()
     sequences = 0
+    first_batch = first_tokens = None
     for batch in loader:
         sequences += len(batch["tokens"])
+        if first_batch is None:
+            first_batch, first_tokens = time.perf_counter() - start, loader.real_tokens
     seconds = time.perf_counter() - start
     cpu = _cpu_seconds() - cpu  # workers are joined when the pass ends, so their CPU is in
+    rest = max(seconds - first_batch, 1e-9)
     return {"seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3), "steps": steps, "sequences": sequences,
             "steps_per_second": round(steps / seconds, 1), "tokens_per_second": round(loader.real_tokens / seconds, 1),
+            "first_batch_seconds": round(first_batch, 3),
+            "after_first_batch_tokens_per_second": round((loader.real_tokens - first_tokens) / rest, 1),
             "padding_fraction": round(loader.padding_fraction, 5)}
 
 
@@ -252,25 +279,38 @@ def median_run(run, repeats: int) -> dict:
 # ----------------------------------------------------------------------------- data
 
 def write_quickstart_like(root: Path, config: BenchConfig) -> None:
+    """Tasks shaped like the quickstart's, about as many steps (~520k with the defaults)."""
     rng = np.random.default_rng(config.seed)
+    babyai = {"obs_discrete": ModalitySpec([148], "int32", n=11), "obs_text": ModalitySpec([], "string")}
+    metaworld = {"obs_continuous": ModalitySpec([39], "float32")}
+    continuous_act = {"act_continuous": ModalitySpec([4], "float32", low=-1, high=1)}
     specs = {
-        "babyai/GoToLocal": TaskSpec("babyai", "BabyAI-GoToLocal-v0", observation={
-            "obs_discrete": ModalitySpec([148], "int32", n=11), "obs_text": ModalitySpec([], "string")},
-            action={"act_discrete": ModalitySpec([1], "int32", n=7)}),
-        "metaworld/reach-v3": TaskSpec("metaworld", "reach-v3", observation={"obs_continuous": ModalitySpec([39], "float32")},
-                                       action={"act_continuous": ModalitySpec([4], "float32", low=-1, high=1)}),
+        "babyai/GoToRedBall": TaskSpec("babyai", "BabyAI-GoToRedBall-v0", observation=babyai,
+                                       action={"act_discrete": ModalitySpec([1], "int32", n=7)}),
+        "babyai/GoToLocal": TaskSpec("babyai", "BabyAI-GoToLocal-v0", observation=babyai,
+                                     action={"act_discrete": ModalitySpec([1], "int32", n=7)}),
+        "metaworld/reach-v3": TaskSpec("metaworld", "reach-v3", observation=metaworld, action=continuous_act),
+        "metaworld/push-v3": TaskSpec("metaworld", "push-v3", observation=metaworld, action=continuous_act),
+        "dmc/cartpole-balance": TaskSpec("dmc", "cartpole-balance", observation={"obs_continuous": ModalitySpec([5], "float32")},
+                                         action={"act_continuous": ModalitySpec([1], "float32", low=-1, high=1)}),
         "atari/pong": TaskSpec("atari", "ALE/Pong-v5", observation={"obs_image": ModalitySpec([84, 84, 4], "uint8")},
                                action={"act_discrete": ModalitySpec([1], "int32", n=6)}),
     }
-    plans = {"babyai/GoToLocal": [int(rng.integers(20, 80)) for _ in range(config.babyai_episodes)],
-             "metaworld/reach-v3": [500] * config.metaworld_episodes,
+    half_babyai, half_metaworld = config.babyai_episodes // 2, config.metaworld_episodes // 2
+    plans = {"babyai/GoToRedBall": rng.integers(6, 15, half_babyai).tolist(),
+             "babyai/GoToLocal": rng.integers(10, 21, config.babyai_episodes - half_babyai).tolist(),
+             "metaworld/reach-v3": [500] * half_metaworld,
+             "metaworld/push-v3": [500] * (config.metaworld_episodes - half_metaworld),
+             "dmc/cartpole-balance": [1000] * config.cartpole_episodes,
              "atari/pong": [config.atari_length] * config.atari_episodes}
     rows = []
     for task, lengths in plans.items():
         spec = specs[task]
         with StepFileWriter(root, task, "part-00000", spec.modalities) as writer:
-            for index, length in enumerate(lengths):
-                writer.add(_episode(task, spec, index, length, rng))
+            for index, steps in enumerate(_task_steps(spec, lengths, rng)):
+                writer.add(Episode(task=task, steps=steps, rewards=np.zeros(lengths[index], np.float32),
+                                   terminated=_last(lengths[index]), truncated=np.zeros(lengths[index], bool),
+                                   run_id="bench", run_index=index, source="training" if index % 5 else "rollout"))
         rows += writer.index_rows
     write_index(root, index_table(rows))
     write_manifest(root, Manifest(name="loader-bench", tasks=specs))
@@ -296,22 +336,28 @@ def write_image_dataset(root: Path, gigabytes: float, seed: int) -> None:
     write_manifest(root, Manifest(name="rss-bench", tasks=tasks))
 
 
-def _episode(task: str, spec: TaskSpec, index: int, length: int, rng: np.random.Generator) -> Episode:
-    steps: dict = {}
+def _task_steps(spec: TaskSpec, lengths: list[int], rng: np.random.Generator):
+    """Each episode's step columns: drawn for the whole task at once (24k small episodes)."""
+    total = sum(lengths)
+    ends = np.cumsum(lengths)
     if "obs_discrete" in spec.observation:
-        steps["obs_discrete"] = rng.integers(0, 11, (length, 148), dtype=np.int32)
-        steps["obs_text"] = [MISSIONS[index % len(MISSIONS)]] * length
-        steps["act_discrete"] = rng.integers(0, 7, (length, 1), dtype=np.int32)
+        grid = rng.integers(0, 11, (total, 148), dtype=np.int32)
+        actions = rng.integers(0, 7, (total, 1), dtype=np.int32)
+        for index, (end, length) in enumerate(zip(ends, lengths)):
+            yield {"obs_discrete": grid[end - length:end], "obs_text": [MISSIONS[index % len(MISSIONS)]] * length,
+                   "act_discrete": actions[end - length:end]}
     elif "obs_continuous" in spec.observation:
-        t = np.linspace(0, 1, length, dtype=np.float32)[:, None]
-        steps["obs_continuous"] = (np.sin(t * np.arange(1, 40, dtype=np.float32)) + rng.normal(0, 0.01, (length, 39))).astype(np.float32)
-        steps["act_continuous"] = rng.uniform(-1, 1, (length, 4)).astype(np.float32)
+        width = spec.observation["obs_continuous"].shape[0]
+        acting = spec.action["act_continuous"].shape[0]
+        noise = rng.normal(0, 0.01, (total, width)).astype(np.float32)
+        actions = rng.uniform(-1, 1, (total, acting)).astype(np.float32)
+        for end, length in zip(ends, lengths):
+            t = np.linspace(0, 1, length, dtype=np.float32)[:, None]
+            smooth = np.sin(t * np.arange(1, width + 1, dtype=np.float32))
+            yield {"obs_continuous": smooth + noise[end - length:end], "act_continuous": actions[end - length:end]}
     else:
-        steps["obs_image"] = pong_frames(length, rng)
-        steps["act_discrete"] = rng.integers(0, 6, (length, 1), dtype=np.int32)
-    return Episode(task=task, steps=steps, rewards=np.zeros(length, np.float32), terminated=_last(length),
-                   truncated=np.zeros(length, bool), run_id="bench", run_index=index,
-                   source="training" if index % 5 else "rollout")
+        for length in lengths:
+            yield {"obs_image": pong_frames(length, rng), "act_discrete": rng.integers(0, 6, (length, 1), dtype=np.int32)}
 
 
 def pong_frames(length: int, rng: np.random.Generator) -> np.ndarray:

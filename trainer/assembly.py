@@ -1,6 +1,6 @@
 """Batches of plans -> the contract's tensors, written in place into one flat buffer.
 
-    layout = write_batch(plans, sampler, buffer_for)   # in the process that plans (a worker)
+    layout, real = write_batch(plans, sampler, buffer_for)   # in the process that plans (a worker)
     batch = as_tensors(layout, torch.from_numpy(buffer))   # where the batch is used: no copy
 
 Every array of a batch (trainer/data.py lists the keys) lives in one byte buffer: in a
@@ -68,97 +68,124 @@ class BatchLayout:
 
 
 def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray],
-                observation_targets: bool = False) -> BatchLayout:
-    """Write ``plans`` (trainer.sequences.Plan) as one batch into ``buffer_for(nbytes)``."""
-    catalog = sampler.catalog
+                observation_targets: bool = False) -> tuple[BatchLayout, int]:
+    """Write ``plans`` (trainer.sequences.Plan) as one batch into ``buffer_for(nbytes)``;
+    returns its layout and its count of real (not padding) tokens."""
+    layouts = sampler.catalog.layouts
     length = sampler.settings.sequence_length
-    images = []  # (row, unit, step layout, first step, whole steps, patches of the cut step) of pieces with patches
-    jobs = []  # (row, column, piece, unit) of every piece, for provenance
+    provenance = sampler.settings.provenance
     size = len(plans)
-    counts, row_frames, shapes = [0] * size, [0] * size, [(0, 0, 0)] * size  # per sequence, written once
-    lengths = [0] * size
-    per_frame: list[int] = []  # patches of each frame that are tokens
-    frame_bytes = 0
     # the slices of every piece's ids, local positions and loss mask (and a short row's padding),
     # concatenated straight into the batch below
     ids, positions, losses = [], [], []
-    pad = _padding(length)
+    images = []  # (row, unit, step layout, start, end) of pieces with patches
+    jobs = []  # (row, column, piece, unit) of every piece, for provenance
+    short = []  # (row, real tokens) of rows a finite stream left part-filled
+    real = 0
     for row, plan in enumerate(plans):
         column = 0
-        layout = catalog.layouts[plan.task]  # a prompt is of the same task
+        layout = layouts[plan.task]  # a prompt is of the same task
         for piece in plan.pieces:
-            unit = piece.tokens if piece.tokens.steps is not None else sampler.full_unit(piece)
-            steps, start, end = unit.steps, piece.start, piece.end
+            unit = piece.tokens
+            steps = unit.steps
+            if steps is None:
+                unit = sampler.full_unit(piece)
+                steps = unit.steps
+            start, end = piece.start, piece.end
             ids.append(steps.tokens[start:end])
             positions.append(steps.local_positions[start:end])
             losses.append(steps.loss_mask[start:end])
             if layout.patches:
-                first = unit.step_of(start)  # pieces start on a timestep
-                last = unit.step_of(end)  # the step holding ``end``
-                whole = last - first
-                cut = min(max(end - unit.offsets[last] - layout.image_start, 0), layout.patches)
-                taken = whole + (cut > 0)
-                if taken:
-                    per_frame += [layout.patches] * whole + ([cut] if cut else [])
-                    frame_bytes += taken * steps.frames[0].size
-                    counts[row] += whole * layout.patches + cut
-                    row_frames[row] += taken
-                    shapes[row] = layout.image_shape
-                    images.append((unit, layout, first, whole, cut))
-            jobs.append((row, column, piece, unit))
+                images.append((row, unit, layout, start, end))
+            if provenance:
+                jobs.append((row, column, piece, unit))
             column += end - start
-        lengths[row] = column
+        real += column
         if column < length:
+            pad = _padding(length)
             ids.append(pad[0][:length - column])
             positions.append(pad[1][:length - column])
             losses.append(pad[2][:length - column])
-    batch = BatchLayout(size, length, sum(counts), len(per_frame), frame_bytes, observation_targets,
-                        sampler.settings.provenance)
+            short.append((row, column))
+    counts = row_frames = shapes = None
+    per_frame: list[int] = []  # patches of each frame that are tokens
+    frame_bytes = 0
+    cuts = []  # (unit, layout, first step, whole steps, patches of the cut step) of pieces with patches
+    if images:
+        counts, row_frames, shapes = [0] * size, [0] * size, [(0, 0, 0)] * size  # per sequence
+        for row, unit, layout, start, end in images:
+            first = unit.step_of(start)  # pieces start on a timestep
+            last = unit.step_of(end)  # the step holding ``end``
+            whole = last - first
+            cut = min(max(end - unit.offsets[last] - layout.image_start, 0), layout.patches)
+            taken = whole + (cut > 0)
+            if taken:
+                per_frame += [layout.patches] * whole + ([cut] if cut else [])
+                frame_bytes += taken * unit.steps.frames[0].size
+                counts[row] += whole * layout.patches + cut
+                row_frames[row] += taken
+                shapes[row] = layout.image_shape
+                cuts.append((unit, layout, first, whole, cut))
+    batch = BatchLayout(size, length, sum(counts) if counts else 0, len(per_frame), frame_bytes, observation_targets,
+                        provenance)
     out = batch.views(buffer_for(batch.nbytes))
     tokens, local, loss = out["tokens"], out["local_positions"], out["loss_mask"]
-    out["num_patches"][:] = counts
-    out["num_frames"][:] = row_frames
-    out["image_shapes"][:] = shapes
-    out["frame_patches"][:] = per_frame
+    if counts is None:  # no image tokens: the per-image arrays are empty
+        out["num_patches"].fill(0)
+        out["num_frames"].fill(0)
+        out["image_shapes"].fill(0)
+    else:
+        out["num_patches"][:] = counts
+        out["num_frames"][:] = row_frames
+        out["image_shapes"][:] = shapes
+        out["frame_patches"][:] = per_frame
     # one np.concatenate per array for the whole batch (widening int32/int16 to int64), not
     # three slice copies per piece: small rows (BabyAI-like, a few timesteps per sequence)
     # spent most of their writing time on the per-copy overhead
     np.concatenate(ids, out=tokens.reshape(-1))
     np.concatenate(positions, out=local.reshape(-1))
     np.concatenate(losses, out=loss.reshape(-1))
-    pixels, rows, cols = out["frames"], out["patch_rows"], out["patch_cols"]
-    at = byte = 0
-    for unit, layout, first, whole, cut in images:
-        count = whole * layout.patches + cut
-        taken = unit.steps.frames[first:first + whole + (cut > 0)]  # the frames as stored: the model cuts them
-        pixels[byte:byte + taken.size] = taken.reshape(-1)
-        byte += taken.size
-        grid_rows, grid_cols = _tiled_intervals(tuple(layout.image_shape[:2]), count)
-        rows[at:at + count] = grid_rows
-        cols[at:at + count] = grid_cols
-        at += count
+    if cuts:
+        _write_images(cuts, out)
     attention = out["attention_mask"]
     attention.fill(True)
-    for row, n in enumerate(lengths):  # rows are full but where a finite stream ran out
-        if n < length:
-            attention[row, n:] = False
-    np.equal(tokens, IMAGE_PLACEHOLDER, out=out["is_image"])
+    for row, n in short:  # rows are full but where a finite stream ran out
+        attention[row, n:] = False
+    if cuts:
+        np.equal(tokens, IMAGE_PLACEHOLDER, out=out["is_image"])
+    else:  # only image patches carry that id
+        out["is_image"].fill(False)
     if observation_targets:
         out["obs_targets"][...] = tokens
         target = out["obs_target_mask"]
         np.greater_equal(local, 0, out=target)
         target &= ~loss  # observation tokens that are not text
         target[:, 0] = False
-    if batch.provenance:
+    if provenance:
         out["prompt_kind"][:] = [plan.prompt_kind for plan in plans]
         _write_provenance(plans, jobs, out)
-    return batch
+    return batch, real
 
 
 @functools.lru_cache(maxsize=8)
 def _padding(length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What a row holds after its last real token: PAD ids, local position -1, no loss."""
     return np.full(length, PAD, np.int32), np.full(length, -1, np.int16), np.zeros(length, np.bool_)
+
+
+def _write_images(cuts: list, out: dict[str, np.ndarray]) -> None:
+    """The frames (as stored: the model cuts them) and patch intervals of the pieces with patches."""
+    pixels, rows, cols = out["frames"], out["patch_rows"], out["patch_cols"]
+    at = byte = 0
+    for unit, layout, first, whole, cut in cuts:
+        count = whole * layout.patches + cut
+        taken = unit.steps.frames[first:first + whole + (cut > 0)]
+        pixels[byte:byte + taken.size] = taken.reshape(-1)
+        byte += taken.size
+        grid_rows, grid_cols = _tiled_intervals(tuple(layout.image_shape[:2]), count)
+        rows[at:at + count] = grid_rows
+        cols[at:at + count] = grid_cols
+        at += count
 
 
 def as_tensors(layout: BatchLayout, block: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:

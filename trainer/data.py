@@ -238,7 +238,6 @@ class GatoDataset(IterableDataset):
                     return
                 if info is None:
                     self._consumed[0] += len(plans)
-                    self._real_tokens += sum(plan.num_tokens for plan in plans)
                     self._total_tokens += self.config.sequence_length * len(plans)
                 if info is not None and self.compact and self.batch_size is not None:
                     yield self._bundle(plans, iterator, sampler, worker, bundle)
@@ -247,10 +246,11 @@ class GatoDataset(IterableDataset):
                 targets = self.config.observation_targets
                 held = []
                 if info is None:
-                    layout = write_batch(plans, sampler, lambda n: held.append(host_buffer(n)) or held[0], targets)
+                    layout, real = write_batch(plans, sampler, lambda n: held.append(host_buffer(n)) or held[0], targets)
                     block = held[0]
+                    self._real_tokens += real
                 else:  # one torch shared segment, which the DataLoader sends as it is
-                    layout = write_batch(plans, sampler, lambda n: held.extend(shared_buffer(n)) or held[1], targets)
+                    layout, real = write_batch(plans, sampler, lambda n: held.extend(shared_buffer(n)) or held[1], targets)
                     block = held[0]
                 batch = as_tensors(layout, block)
                 yield batch if self.batch_size is not None else _unbatch(batch)
@@ -284,8 +284,8 @@ class GatoDataset(IterableDataset):
             where["tensor"], buffer = shared_buffer(nbytes)
             return buffer
 
-        layout = write_batch(plans, sampler, buffer_for, self.config.observation_targets)
-        message = {"layout": layout.key(), "real_tokens": sum(plan.num_tokens for plan in plans)}
+        layout, real = write_batch(plans, sampler, buffer_for, self.config.observation_targets)
+        message = {"layout": layout.key(), "real_tokens": real}
         if "ticket" in where:
             message["ring"] = (worker, where["ticket"], where["offset"])
         else:

@@ -93,6 +93,8 @@ class TaskStream:
     cursor: int = 0          # token offset inside the current unit
     done: bool = False
     pool: OrderedDict = field(default_factory=OrderedDict)  # unit index -> UnitTokens (recent units)
+    pool_version: int = 0    # bumped whenever ``pool`` changes (keys or values)
+    prompt_sources: dict = field(default_factory=dict)  # source -> (pool_version, candidates, count): see _prompt
 
     def __post_init__(self) -> None:
         self.order = self._epoch_order(self.epoch)
@@ -210,6 +212,7 @@ class ShardSampler:
             pooled = self.catalog.load_unit(piece.task, stream.units[piece.unit], full=True)
             if piece.unit in stream.pool:
                 stream.pool[piece.unit] = pooled
+                stream.pool_version += 1
         piece.tokens = pooled
         return pooled
 
@@ -246,6 +249,10 @@ class ShardSampler:
 
     def _head(self, stream: TaskStream) -> tuple[int, int] | None:
         """(unit index, token offset) where the stream continues, loading units as needed."""
+        if stream.position < len(stream.order):  # the usual case: inside a unit in the pool
+            tokens = stream.pool.get(stream.order[stream.position])
+            if tokens is not None and stream.cursor < tokens.num_tokens:
+                return stream.order[stream.position], stream.cursor
         while not stream.done:
             if stream.position < len(stream.order):
                 unit = stream.order[stream.position]
@@ -285,10 +292,11 @@ class ShardSampler:
                 stream.cursor = end
                 continue
             # the timestep holding token ``end`` was cut: the next sequence starts with it whole
-            step = tokens.step_of(end)
-            restart = tokens.offsets[step]
+            offsets = tokens.offsets
+            step = bisect.bisect_right(offsets, end) - 1  # tokens.step_of(end), without the call
+            restart = offsets[step]
             if restart <= start and first:  # one timestep longer than the budget: skip the rest of it
-                restart = tokens.offsets[step + 1]
+                restart = offsets[step + 1]
             stream.cursor = restart
 
     def _unit(self, stream: TaskStream, unit: int) -> UnitTokens:
@@ -296,6 +304,7 @@ class ShardSampler:
         if tokens is None:
             tokens = self.catalog.load_unit(stream.task, stream.units[unit], full=not self.dry)
             stream.pool[unit] = tokens
+            stream.pool_version += 1
             upcoming = stream.upcoming()
             if upcoming is not None and self.read_ahead is not None and not self.dry:
                 self.read_ahead(stream.task, stream.units[upcoming])
@@ -308,6 +317,7 @@ class ShardSampler:
                     break
                 held -= oldest.num_tokens
                 stream.pool.popitem(last=False)  # plans holding its pieces keep it alive
+                stream.pool_version += 1
         return tokens
 
     def _prompt(self, stream: TaskStream, unit: int, position: int, budget: int) -> tuple[int, Piece] | None:
@@ -317,8 +327,14 @@ class ShardSampler:
         current = stream.pool[unit]
         own = current.episode_at(position)
         source = current.sources[own]
-        candidates = [(u, tokens, tokens.episodes_of_source(source)) for u, tokens in stream.pool.items()]
-        total = sum(len(found) for _, _, found in candidates) - 1  # every pool episode of that source but its own
+        # the pool's episodes of that source, kept until the pool changes (most prompts draw from the same pool)
+        cached = stream.prompt_sources.get(source)
+        if cached is None or cached[0] != stream.pool_version:
+            candidates = [(u, tokens, tokens.episodes_of_source(source)) for u, tokens in stream.pool.items()]
+            cached = stream.prompt_sources[source] = (stream.pool_version, candidates,
+                                                      sum(len(found) for _, _, found in candidates))
+        candidates = cached[1]
+        total = cached[2] - 1  # every pool episode of that source but its own
         if total <= 0:
             return None
         pick = self.draws.below(total)
