@@ -23,7 +23,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from shards.episode import Episode
-from shards.format import INDEX_FILE, INDEX_SCHEMA, OBS_IMAGE, OBS_TEXT, OPTIONAL_INDEX_COLUMNS, MODALITY_TYPES, with_optional_columns
+from shards.format import (INDEX_FILE, INDEX_SCHEMA, MODALITY_TYPES, OBS_IMAGE, OBS_TEXT, OPTIONAL_INDEX_COLUMNS,
+                           with_optional_columns)
 from shards.manifest import Manifest, read_manifest
 from shards.storage import Root
 
@@ -113,7 +114,7 @@ def read_index(root: str | Root, dictionary: bool = False) -> pa.Table:
             table = pq.read_table(handle, read_dictionary=encoded)
     except (pa.ArrowInvalid, OSError) as error:
         raise ShardError(f"{path}: unreadable Parquet ({error})") from None
-    missing = [f.name for f in INDEX_SCHEMA if f.name not in table.column_names and f.name not in OPTIONAL_INDEX_COLUMNS]
+    missing = [n for n in INDEX_SCHEMA.names if n not in table.column_names and n not in OPTIONAL_INDEX_COLUMNS]
     if missing:
         raise ShardError(f"{path}: missing index column(s) {missing}")
     return with_optional_columns(table).select(INDEX_SCHEMA.names)

@@ -195,7 +195,8 @@ def index_row(episode: Episode, file: str, row_offset: int) -> dict[str, Any]:
         "episode_id": episode.episode_id, "task": episode.task, "domain": episode.domain,
         "run_id": episode.run_id, "run_index": episode.run_index, "source": episode.source,
         "policy_steps": episode.policy_steps, "seed": episode.seed, "return": episode.episode_return,
-        "length": episode.length, "success": episode.success, "success_step": episode.success_step, "file": file, "row_offset": row_offset,
+        "length": episode.length, "success": episode.success, "success_step": episode.success_step,
+        "file": file, "row_offset": row_offset,
     }
 
 

@@ -337,7 +337,9 @@ class GatoDataset(IterableDataset):
         payload = json.dumps({"settings": settings, "roots": self.config.roots, "weights": self.weights,
                               "episodes": int(self.catalog.num_episodes), "world_size": self.world_size,
                               "max_text_tokens": self.config.max_text_tokens,
-                              **({"success_tail": self.config.success_tail} if self.config.success_tail is not None else {}),
+                              # only when set, so runs without it keep their fingerprints
+                              **({"success_tail": self.config.success_tail}
+                                 if self.config.success_tail is not None else {}),
                               "ids": hashlib.blake2b(self.catalog.episode_id.tobytes(), digest_size=8).hexdigest()},
                              sort_keys=True, default=str)
         return hashlib.blake2b(payload.encode(), digest_size=12).hexdigest()

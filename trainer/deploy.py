@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from shards import Dataset, TaskSpec
+from trainer.catalog import trim_after_success
 from trainer.checkpoint import load_checkpoint
 from trainer.model import Gato, GatoConfig, KVCache
 from trainer.patches import cut_patches, normalize_patches, patch_intervals
@@ -187,7 +188,7 @@ def demonstration_prompt(dataset: Dataset, task: str, spec: TaskSpec, text_model
     episode = dataset.episode(episode_id)
     steps = episode.steps
     if success_tail is not None and episode.success_step is not None:
-        keep = episode.success_step + 1 + success_tail
+        keep = int(trim_after_success(np.array([episode.length]), np.array([episode.success_step]), success_tail)[0])
         steps = {name: values[:keep] for name, values in steps.items()}
     run = tokenize_steps(steps, spec, text_model, actions=True, max_text_tokens=max_text_tokens)
     offsets = run.step_offsets

@@ -68,7 +68,6 @@ IMAGE_PLACEHOLDER = SEPARATOR + 1
 PAD = SEPARATOR + 2
 VOCAB_SIZE = SEPARATOR + 3
 MAX_LOCAL_POSITIONS = 1024
-_LOG1P_M_MU = math.log1p(M * MU)
 
 
 @dataclass(frozen=True)
@@ -99,10 +98,15 @@ LAYOUT = TokenLayout()
 
 # ----------------------------------------------------------------------------- values
 
-def mu_law(x: np.ndarray, mu: float = MU, m: float = M) -> np.ndarray:
-    """F(x) = sgn(x) log(|x| mu + 1) / log(M mu + 1)."""
-    x = np.asarray(x, dtype=np.float64)
-    return np.sign(x) * np.log1p(np.abs(x) * mu) / math.log1p(m * mu)
+def mu_law(x: np.ndarray, mu: float = MU, m: float = M, out: np.ndarray | None = None) -> np.ndarray:
+    """F(x) = sgn(x) log(|x| mu + 1) / log(M mu + 1), in float64. With ``out`` (a float64 array of
+    x's shape, not x itself) every step works in it: no temporaries."""
+    x = np.asarray(x)
+    y = np.abs(x, out=out) if out is not None else np.abs(x, dtype=np.float64)
+    y *= mu
+    np.log1p(y, out=y)
+    y /= math.log1p(m * mu)
+    return np.copysign(y, x, out=y)  # the sign after the division: the same value under IEEE rounding
 
 
 def inverse_mu_law(y: np.ndarray, mu: float = MU, m: float = M) -> np.ndarray:
@@ -114,20 +118,14 @@ def encode_continuous(x: np.ndarray) -> np.ndarray:
     """Real values -> int64 tokens in [32000, 33024), same shape: mu-law, clip to [-1, 1],
     1024 uniform bins. NaN or inf raise ValueError."""
     source = np.asarray(x)
-    values = np.array(source, dtype=np.float64)  # our own copy: every step below works in it
-    finite = np.isfinite(values)
+    finite = np.isfinite(source)
     if not finite.all():
         bad = np.flatnonzero(~finite.reshape(-1))
-        raise ValueError(f"encode_continuous: {bad.size} non-finite value(s) (first {values.reshape(-1)[bad[0]]} "
+        raise ValueError(f"encode_continuous: {bad.size} non-finite value(s) (first {source.reshape(-1)[bad[0]]} "
                          f"at flat index {bad[0]}); expected finite floats")
-    # mu_law and the binning, the same float64 operations in place (one array, not a fresh one
-    # per operation: a Meta-World-like unit's temporaries were ~80 MB of new memory); the sign
-    # is applied after the division, which IEEE rounding makes the same as before it
-    np.abs(values, out=values)
-    values *= MU
-    np.log1p(values, out=values)
-    values /= _LOG1P_M_MU
-    np.copysign(values, source, out=values)
+    # mu-law and the binning in one float64 array (a fresh array per operation made a
+    # Meta-World-like unit's temporaries ~80 MB of new memory)
+    values = mu_law(source, out=np.empty(source.shape, dtype=np.float64))
     np.clip(values, -1.0, 1.0, out=values)
     values += 1.0
     values *= CONTINUOUS_BINS / 2.0
