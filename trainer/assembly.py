@@ -42,13 +42,20 @@ class BatchLayout:
     observation_targets: bool = False
     provenance: bool = False
 
+    @staticmethod
+    @functools.lru_cache(maxsize=1024)
+    def of(*key) -> BatchLayout:
+        """The layout of ``key()`` (one object per key: its offsets are worked out once; a
+        batch's layout and views cost ~20 us a batch on both sides when they were not)."""
+        return BatchLayout(*key)
+
     @property
     def fields(self) -> dict[str, tuple[int, tuple[int, ...], np.dtype]]:
-        return _fields(*self.key())[0]
+        return self._packed[0]
 
     @property
     def nbytes(self) -> int:
-        return _fields(*self.key())[1]
+        return self._packed[1]
 
     def key(self) -> tuple:
         return (self.size, self.length, self.patches, self.frames, self.frame_bytes, self.observation_targets,
@@ -57,7 +64,15 @@ class BatchLayout:
     def views(self, buffer: np.ndarray) -> dict[str, np.ndarray]:
         """Numpy views of the arrays inside ``buffer`` (uint8, at least ``nbytes``; each view's
         base is ``buffer``, so the buffer lives as long as any of them)."""
-        return {key: np.ndarray(shape, dtype, buffer, offset) for key, (offset, shape, dtype) in self.fields.items()}
+        return {key: np.ndarray(shape, dtype, buffer, offset) for key, offset, shape, dtype in self._specs}
+
+    @functools.cached_property
+    def _packed(self) -> tuple[dict[str, tuple[int, tuple[int, ...], np.dtype]], int]:
+        return _fields(*self.key())
+
+    @functools.cached_property
+    def _specs(self) -> tuple[tuple[str, int, tuple[int, ...], np.dtype], ...]:
+        return tuple((key, offset, shape, dtype) for key, (offset, shape, dtype) in self.fields.items())
 
     @staticmethod
     def max_bytes(size: int, length: int, patches_per_sequence: int, frames_per_sequence: int,
@@ -126,8 +141,8 @@ def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray],
                 row_frames[row] += taken
                 shapes[row] = layout.image_shape
                 cuts.append((unit, layout, first, whole, cut))
-    batch = BatchLayout(size, length, sum(counts) if counts else 0, len(per_frame), frame_bytes, observation_targets,
-                        provenance)
+    batch = BatchLayout.of(size, length, sum(counts) if counts else 0, len(per_frame), frame_bytes,
+                           observation_targets, provenance)
     out = batch.views(buffer_for(batch.nbytes))
     tokens, local, loss = out["tokens"], out["local_positions"], out["loss_mask"]
     if counts is None:  # no image tokens: the per-image arrays are empty

@@ -85,6 +85,7 @@ class UnitTokens:
         # Python lists for bisect: a numpy searchsorted on one scalar costs ~5 us, bisect ~0.3
         self.offsets = self.step_offsets.tolist()
         self.starts = self.token_starts.tolist()
+        self.source_codes = self.sources.tolist() if self.sources is not None else None  # ints: cheap dict keys
 
     def episodes_of_source(self, source: int) -> list[int]:
         """Indices (into ``episodes``) of the episodes with this source code, ascending (a list:

@@ -262,13 +262,13 @@ class GatoDataset(IterableDataset):
         BUNDLE_BYTES): every message costs thread wake-ups on both sides, which on a busy
         machine take longer than making a small batch."""
         items = [self._send(plans, sampler, worker)]
-        nbytes = BatchLayout(*items[0]["layout"]).nbytes
+        nbytes = BatchLayout.of(*items[0]["layout"]).nbytes
         while len(items) < most and nbytes < BUNDLE_BYTES:
             plans = list(itertools.islice(iterator, self.batch_size))
             if not plans:
                 break
             items.append(self._send(plans, sampler, worker))
-            nbytes += BatchLayout(*items[-1]["layout"]).nbytes
+            nbytes += BatchLayout.of(*items[-1]["layout"]).nbytes
         return {"bundle": items}
 
     def _send(self, plans: list, sampler: ShardSampler, worker: int) -> dict:
@@ -295,7 +295,7 @@ class GatoDataset(IterableDataset):
     def receive(self, message: dict, ring: BatchRing | None) -> dict[str, torch.Tensor]:
         """A worker's message (``_send``) -> the contract's tensors, in the main process, over
         the memory the worker wrote (a ring region is free again once they are all gone)."""
-        layout = BatchLayout(*message["layout"])
+        layout = BatchLayout.of(*message["layout"])
         if "ring" in message:
             worker, ticket, offset = message["ring"]
             region = ring.view(worker, offset, layout.nbytes)

@@ -21,6 +21,7 @@ reproduces the exact state: that is how loaders resume.
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -110,26 +111,23 @@ class TaskStream:
 
 class Draws:
     """Uniform draws in [0, 1) from a seeded generator, fetched in blocks: one numpy call per
-    draw would cost more than everything else a plan does."""
+    draw would cost more than everything else a plan does. ``random`` is the C-level
+    ``__next__`` of an iterator over the blocks (a Python method call per draw cost ~0.5 us,
+    and a plan makes three or four)."""
 
     BLOCK = 1024
 
     def __init__(self, seed: list[int]) -> None:
         self.rng = np.random.default_rng(seed)
-        self.block: list[float] = []
-        self.next = 0
-
-    def random(self) -> float:
-        if self.next == len(self.block):
-            self.block = self.rng.random(self.BLOCK).tolist()
-            self.next = 0
-        value = self.block[self.next]
-        self.next += 1
-        return value
+        self.random = itertools.chain.from_iterable(self._blocks()).__next__
 
     def below(self, n: int) -> int:
         """An integer in [0, n)."""
         return min(int(self.random() * n), n - 1)
+
+    def _blocks(self) -> Iterator[list[float]]:
+        while True:
+            yield self.rng.random(self.BLOCK).tolist()
 
 
 class ShardSampler:
@@ -156,9 +154,12 @@ class ShardSampler:
             raise ValueError(f"loader shard {shard} of {num_shards} gets no episodes: the datasets are too small "
                              f"for {num_shards} shards (ranks x workers)")
         self.tasks = list(self.streams)
+        self._task_streams = list(self.streams.values())  # in ``tasks`` order
         self.weights = [weights[t] for t in self.tasks]
         self.active = [True] * len(self.tasks)
-        self._cumulative = list(np.cumsum(self.weights))
+        # Python floats (the same float64 values): bisecting a list of numpy scalars, and
+        # multiplying by one, cost several times more per plan
+        self._cumulative = np.cumsum(self.weights).tolist()
         self.prompt_debt = 0
         self.buffer: list[Plan] = []
         self.dry = False
@@ -218,24 +219,27 @@ class ShardSampler:
 
     def next_plan(self) -> Plan | None:
         """Choose a task by weight, maybe a prompt, then L tokens of the task's stream."""
-        length = self.settings.sequence_length
+        settings = self.settings
+        length = settings.sequence_length
+        random = self.draws.random
         while self._cumulative[-1] > 0:
-            index = bisect.bisect_right(self._cumulative, self.draws.random() * self._cumulative[-1])
-            index = min(index, len(self.tasks) - 1)
-            stream = self.streams[self.tasks[index]]
+            cumulative = self._cumulative
+            index = bisect.bisect_right(cumulative, random() * cumulative[-1])
+            if index >= len(cumulative):
+                index = len(cumulative) - 1
+            stream = self._task_streams[index]
             head = self._head(stream)
             if head is None:
                 self.active[index] = False
-                self._cumulative = list(np.cumsum([w if a else 0.0 for w, a in zip(self.weights, self.active)]))
+                self._cumulative = np.cumsum([w if a else 0.0 for w, a in zip(self.weights, self.active)]).tolist()
                 continue
-            unit, position = head
-            if self.draws.random() < self.settings.prompt_probability:
+            if random() < settings.prompt_probability:
                 self.prompt_debt = min(self.prompt_debt + 1, MAX_PROMPT_DEBT)
             pieces: list[Piece] = []
             kind = NO_PROMPT
             prompt_tokens = 0
             if self.prompt_debt:
-                prompt = self._prompt(stream, unit, position, int(length * self.settings.prompt_fraction))
+                prompt = self._prompt(stream, head[0], head[1], int(length * settings.prompt_fraction))
                 if prompt is not None:
                     kind, piece = prompt
                     pieces.append(piece)
@@ -275,7 +279,7 @@ class ShardSampler:
     def _take(self, stream: TaskStream, budget: int, pieces: list[Piece], head: tuple[int, int] | None) -> None:
         """Append pieces of ``budget`` tokens of the stream to ``pieces``, starting at ``head``
         (where the stream continues now, as ``_head`` just said)."""
-        first_piece = True
+        first = True
         while budget > 0:
             if head is None:
                 head = self._head(stream)
@@ -284,13 +288,14 @@ class ShardSampler:
             unit, start = head
             head = None
             tokens = stream.pool[unit]
-            end = min(tokens.num_tokens, start + budget)
-            pieces.append(Piece(stream.task, unit, start, end, tokens))
-            first, first_piece = first_piece, False
-            budget -= end - start
-            if end == tokens.num_tokens:
-                stream.cursor = end
+            end = start + budget
+            if end >= tokens.num_tokens:  # the rest of the unit; the stream goes on in the next one
+                end = stream.cursor = tokens.num_tokens
+                pieces.append(Piece(stream.task, unit, start, end, tokens))
+                budget -= end - start
+                first = False
                 continue
+            pieces.append(Piece(stream.task, unit, start, end, tokens))
             # the timestep holding token ``end`` was cut: the next sequence starts with it whole
             offsets = tokens.offsets
             step = bisect.bisect_right(offsets, end) - 1  # tokens.step_of(end), without the call
@@ -298,6 +303,7 @@ class ShardSampler:
             if restart <= start and first:  # one timestep longer than the budget: skip the rest of it
                 restart = offsets[step + 1]
             stream.cursor = restart
+            return
 
     def _unit(self, stream: TaskStream, unit: int) -> UnitTokens:
         tokens = stream.pool.get(unit)
@@ -325,8 +331,8 @@ class ShardSampler:
         if budget <= 0:
             return None
         current = stream.pool[unit]
-        own = current.episode_at(position)
-        source = current.sources[own]
+        own = bisect.bisect_right(current.starts, position) - 1  # current.episode_at(position), without the call
+        source = current.source_codes[own]
         # the pool's episodes of that source, kept until the pool changes (most prompts draw from the same pool)
         cached = stream.prompt_sources.get(source)
         if cached is None or cached[0] != stream.pool_version:
@@ -354,8 +360,9 @@ class ShardSampler:
         end_start = bisect.bisect_left(offsets, last - budget, lo, hi) - lo
         if end_start >= steps - 1:
             end_start = steps - 2
-        kind = END_PROMPT if self.draws.random() < self.settings.prompt_end_probability else UNIFORM_PROMPT
-        start = end_start if kind == END_PROMPT else self.draws.below(end_start + 1)
+        draws = self.draws
+        kind = END_PROMPT if draws.random() < self.settings.prompt_end_probability else UNIFORM_PROMPT
+        start = end_start if kind == END_PROMPT else draws.below(end_start + 1)
         begin = offsets[lo + start]
         stop = max(bisect.bisect_right(offsets, begin + budget, lo, hi) - 1 - lo, start + 1)
         piece = Piece(stream.task, pool_unit, begin, offsets[lo + stop], tokens)
