@@ -122,11 +122,11 @@ class DataConfig:
     passes: int | None = SamplerSettings.passes
     """epochs over each task before its stream ends; None streams forever"""
     max_text_tokens: int = 128
+    """text tokens kept per timestep"""
     success_tail: int | None = None
     """train on each episode only up to this many steps after its first success (episodes whose
     index records ``success_step``); None: whole episodes. Meta-World's scripted policies
     succeed by step 40-70 of 500, so whole episodes spend most windows on an arm at rest"""
-    """text tokens kept per timestep"""
     prompt_pool_units: int = 3
     """read units per task kept for drawing prompts (memory: about this many row groups per task)"""
     observation_targets: bool = False
