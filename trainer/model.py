@@ -362,6 +362,15 @@ class Gato(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def compile_blocks(self) -> None:
+        """``torch.compile`` each transformer block in place (parameter names and checkpoints
+        unchanged). The blocks are nearly all of a step, and inductor fuses their layer norms,
+        rotary products and GELU gates: 0.50 -> 0.36 s a step of gato-small on 16 x 256 tokens
+        on this 2-core CPU (docs/trainer.md). The whole model is not compiled: inductor's
+        backward of the patch embedding's convolutions fails a stride check on torch 2.13."""
+        for block in self.blocks:
+            block.compile()
+
     def hidden_states(self, tokens, local_positions, is_image, patches, patch_rows, patch_cols,
                       cache: KVCache | None = None) -> torch.Tensor:
         """Final-layer states (B, T, C) after ln_f. With a cache, tokens continue the cached context."""
@@ -441,12 +450,15 @@ class Gato(nn.Module):
         return h @ weight.T
 
     def configure_optimizer(self, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
-        """AdamW; weight decay on matrices and tables, not on norm gains or biases (nanoGPT)."""
+        """AdamW; weight decay on matrices and tables, not on norm gains or biases (nanoGPT).
+        Fused on a CPU or GPU: one kernel per parameter instead of a dozen, which on gato-small's
+        33k-row token table took a step's optimizer update from ~30 to ~5 ms here."""
         params = {n: p for n, p in self.named_parameters() if p.requires_grad}
         decay = [p for p in params.values() if p.dim() >= 2]
         no_decay = [p for p in params.values() if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+        device = next(self.parameters()).device.type
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True if device in ("cpu", "cuda") else None)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
