@@ -171,6 +171,23 @@ def test_kv_cache_matches_full_forward_and_rolls():
                                      patches[n0:], rows[n0:], cols[n0:])
     assert len(small) == 16
     assert torch.allclose(last[0, -1], window[0, -1], atol=1e-5)
+    # chunks of 5 that wrap the ring: a chunk's last token attends to exactly the last 16 tokens,
+    # its earlier ones causally within the chunk (the mask goes by position, not by slot)
+    ring = KVCache(model.config.n_layer, max_tokens=16)
+    with torch.no_grad():
+        for end in range(5, 41, 5):
+            n_before, n_here = int(batch["is_image"][0, :end - 5].sum()), int(batch["is_image"][0, end - 5:end].sum())
+            p = slice(n_before, n_before + n_here)
+            chunk = model.hidden_states(batch["tokens"][:, end - 5:end], batch["local_positions"][:, end - 5:end],
+                                        batch["is_image"][:, end - 5:end], patches[p], rows[p], cols[p], ring)
+            lo = end - 16 if end > 16 else 0
+            n0, n1 = int(batch["is_image"][0, :lo].sum()), int(batch["is_image"][0, :end].sum())
+            window = model.hidden_states(batch["tokens"][:, lo:end], batch["local_positions"][:, lo:end],
+                                         batch["is_image"][:, lo:end], patches[n0:n1], rows[n0:n1], cols[n0:n1])
+            assert torch.allclose(chunk[0, -1], window[0, -1], atol=1e-5), end
+            if end <= 16:  # nothing evicted yet: every token of the chunk matches the full forward
+                assert torch.allclose(chunk[0], window[0, -5:], atol=1e-5), end
+    assert len(ring) == 16 and sorted(ring.positions.tolist()) == list(range(24, 40))
 
 
 def test_position_bins_sample_inside_interval_and_mean_at_eval():

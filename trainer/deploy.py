@@ -143,8 +143,7 @@ class GatoAgent:
                              "act on such episodes one at a time")
         sampled = np.zeros((len(chunks), len(self.ranges)), np.int64)
         for position, (low, high) in enumerate(self.ranges):
-            allowed = torch.arange(int(low), int(high), device=self.device)
-            logits = self._feed(chunks, allowed)  # (B, high - low)
+            logits = self._feed(chunks, slice(int(low), int(high)))  # (B, high - low)
             pick = _median(logits) if self.take_median[position] else self._sample(logits)
             sampled[:, position] = int(low) + pick
             chunks = [_action_token(int(token)) for token in sampled[:, position]]
@@ -152,7 +151,7 @@ class GatoAgent:
         self.last_action_tokens = sampled if len(sampled) > 1 else sampled[0]
         return [decode_action(tokens, self.spec) for tokens in sampled]
 
-    def _feed(self, chunks: list[TokenChunk], allowed: torch.Tensor) -> torch.Tensor:
+    def _feed(self, chunks: list[TokenChunk], allowed: slice) -> torch.Tensor:
         """Logits (B, n_allowed) after feeding equally long chunks, one per cache row."""
         columns = list(zip(*(chunk.astuple() for chunk in chunks)))
         rows = [np.stack(c) for c in columns[:3]]  # tokens, local positions, is_image: (B, n) each

@@ -192,7 +192,10 @@ class GatoEmbedding(nn.Module):
         """tokens, local_positions, is_image: (B, T); patches (N, C_max, 16, 16) in the order of
         the True entries of is_image (row-major); patch_rows/cols (N, 2)."""
         x = self.wte(tokens)  # (B, T, C)
-        # runs even for N = 0, so every parameter is in the graph (DDP needs that)
+        if not self.training and not patches.shape[0]:  # acting without images: skip the empty patch pass
+            is_obs = (local_positions >= 0).unsqueeze(-1)
+            return x + self.local(local_positions.clamp(0, self.config.max_obs_tokens - 1)) * is_obs
+        # in training it runs even for N = 0, so every parameter is in the graph (DDP needs that)
         bins = self.config.position_bins
         pe = self.patch(patches.to(x.dtype))  # (N, C)
         pe = pe + self.row(interval_bins(patch_rows, bins, self.training))
@@ -222,18 +225,24 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class KVCache:
-    """Keys and values of the tokens seen so far, at most ``max_tokens`` of them per layer.
+    """Keys and values of the last ``max_tokens`` tokens seen, per layer, in a ring of slots.
 
     Keys are stored already rotated, so dropping the oldest entries keeps every relative
     distance intact: a new token costs one forward pass over itself, not over the context.
+    Position p lives in slot p % max_tokens, so appending T tokens writes T slots and
+    overwrites the oldest, where concatenating and trimming copied the whole window every
+    forward pass (a fifth of an evaluation step). Attention does not care about slot order;
+    ``positions`` (the absolute position in each slot) gives the causal mask among new tokens.
     """
 
     def __init__(self, n_layer: int, max_tokens: int) -> None:
         self.max_tokens = max_tokens
         self.keys: list[torch.Tensor | None] = [None] * n_layer
         self.values: list[torch.Tensor | None] = [None] * n_layer
-        self.positions: torch.Tensor | None = None  # (S,) absolute positions of cached tokens
+        self.positions: torch.Tensor | None = None  # (S,) absolute position held by each filled slot
+        self.new_positions: torch.Tensor | None = None  # (T,) positions of the tokens being appended
         self.next_position = 0
+        self._slots: slice | torch.Tensor = slice(0, 0)
 
     def __len__(self) -> int:
         return 0 if self.positions is None else int(self.positions.numel())
@@ -241,23 +250,43 @@ class KVCache:
     def reset(self) -> None:
         self.__init__(len(self.keys), self.max_tokens)
 
+    @property
+    def appended_to_empty(self) -> bool:
+        """Whether the tokens being appended are the cache's first (slots 0..T-1 in order)."""
+        return self.new_positions is not None and int(self.new_positions[0]) == 0
+
     def start(self, n_new: int, device: torch.device) -> torch.Tensor:
-        """Positions (T,) of the ``n_new`` tokens about to be appended; trims old positions."""
+        """Positions (T,) of the ``n_new`` tokens about to be appended; marks their slots."""
         if n_new > self.max_tokens:
             raise ValueError(f"cannot append {n_new} tokens at once to a {self.max_tokens}-token context")
-        new = torch.arange(self.next_position, self.next_position + n_new, device=device)
-        self.positions = new if self.positions is None else torch.cat((self.positions, new))[-self.max_tokens:]
+        first = self.next_position
+        new = torch.arange(first, first + n_new, device=device)
+        filled = min(first + n_new, self.max_tokens)
+        if self.positions is None or len(self.positions) < filled:
+            grown = torch.empty(filled, dtype=torch.long, device=device)
+            if self.positions is not None:
+                grown[:len(self.positions)] = self.positions
+            self.positions = grown
+        low = first % self.max_tokens
+        self._slots = slice(low, low + n_new) if low + n_new <= self.max_tokens else new % self.max_tokens
+        self.positions[self._slots] = new
+        self.new_positions = new
         self.next_position += n_new
         return new
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add (B, H, T, hs) keys/values; return the whole window (B, H, S, hs)."""
-        old_k, old_v = self.keys[layer], self.values[layer]
-        if old_k is not None:
-            k, v = torch.cat((old_k, k), dim=2), torch.cat((old_v, v), dim=2)
-        k, v = k[:, :, -self.max_tokens:], v[:, :, -self.max_tokens:]
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+        """Write (B, H, T, hs) keys/values into their slots; return every filled slot (B, H, S, hs)."""
+        if self.keys[layer] is None:
+            shape = (*k.shape[:2], self.max_tokens, k.shape[3])
+            self.keys[layer], self.values[layer] = k.new_empty(shape), v.new_empty(shape)
+        keys, values = self.keys[layer], self.values[layer]
+        if isinstance(self._slots, slice):
+            keys[:, :, self._slots], values[:, :, self._slots] = k, v
+        else:
+            keys.index_copy_(2, self._slots, k)
+            values.index_copy_(2, self._slots, v)
+        filled = len(self.positions)
+        return keys[:, :, :filled], values[:, :, :filled]
 
 
 class CausalSelfAttention(nn.Module):
@@ -277,11 +306,11 @@ class CausalSelfAttention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         mask, causal = None, True
         if cache is not None:
-            k, v = cache.append(self.layer, k, v)  # (B, H, S, hs)
-            if k.shape[2] != T:  # attend to the cached window plus the new tokens, causally
-                key_pos = cache.positions  # (S,)
-                query_pos = key_pos[-T:]  # (T,)
-                mask, causal = key_pos[None, :] <= query_pos[:, None], False  # (T, S)
+            k, v = cache.append(self.layer, k, v)  # (B, H, S, hs): every cached slot, the new tokens' too
+            if T == 1:  # one new token: every key in the window is at or before it
+                causal = False
+            elif not cache.appended_to_empty:  # the cached window plus the new tokens, causally by position
+                mask, causal = cache.positions[None, :] <= cache.new_positions[:, None], False  # (T, S)
         dropout = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and T > 1, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
@@ -440,11 +469,11 @@ class Gato(nn.Module):
 
     @torch.no_grad()
     def next_token_logits(self, tokens, local_positions, is_image, patches, patch_rows, patch_cols,
-                          cache: KVCache, allowed: torch.Tensor | None = None) -> torch.Tensor:
+                          cache: KVCache, allowed: torch.Tensor | slice | None = None) -> torch.Tensor:
         """Logits (B, len(allowed) or V) of the token after the given ones, using and filling ``cache``.
 
-        ``allowed`` restricts the head to the ids valid for the action spec (cheaper, and
-        the sample can only be a legal action token)."""
+        ``allowed`` (ids, or a slice of them: a view of the head, no gather) restricts the head to
+        the ids valid for the action spec (cheaper, and the sample can only be a legal action token)."""
         h = self.hidden_states(tokens, local_positions, is_image, patches, patch_rows, patch_cols, cache)[:, -1]
         weight = self.lm_head.weight if allowed is None else self.lm_head.weight[allowed]
         return h @ weight.T
