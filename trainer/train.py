@@ -84,7 +84,7 @@ class TrainConfig:
     """torch CPU threads per process (None: torch's default, divided among local ranks)"""
     compile: bool | None = None
     """torch.compile the transformer blocks (None: only on a GPU); on a CPU it costs ~15 s at the
-    start and makes gato-small's steps ~1.4x faster (docs/trainer.md)"""
+    start and takes ~10% off a gato-small step on the demo's batches (docs/trainer.md)"""
     resume: bool = True
     """continue from OUT/checkpoints/latest if it exists"""
     stop_after_steps: int | None = None
