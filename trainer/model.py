@@ -192,15 +192,14 @@ class GatoEmbedding(nn.Module):
         """tokens, local_positions, is_image: (B, T); patches (N, C_max, 16, 16) in the order of
         the True entries of is_image (row-major); patch_rows/cols (N, 2)."""
         x = self.wte(tokens)  # (B, T, C)
-        if not self.training and not patches.shape[0]:  # acting without images: skip the empty patch pass
-            is_obs = (local_positions >= 0).unsqueeze(-1)
-            return x + self.local(local_positions.clamp(0, self.config.max_obs_tokens - 1)) * is_obs
-        # in training it runs even for N = 0, so every parameter is in the graph (DDP needs that)
-        bins = self.config.position_bins
-        pe = self.patch(patches.to(x.dtype))  # (N, C)
-        pe = pe + self.row(interval_bins(patch_rows, bins, self.training))
-        pe = pe + self.col(interval_bins(patch_cols, bins, self.training))
-        x = x.index_put((is_image,), pe.to(x.dtype))  # placeholders -> patch vectors
+        # in training even for N = 0, so every parameter is in the graph (DDP needs that);
+        # acting without images skips the empty patch pass
+        if self.training or patches.shape[0]:
+            bins = self.config.position_bins
+            pe = self.patch(patches.to(x.dtype))  # (N, C)
+            pe = pe + self.row(interval_bins(patch_rows, bins, self.training))
+            pe = pe + self.col(interval_bins(patch_cols, bins, self.training))
+            x = x.index_put((is_image,), pe.to(x.dtype))  # placeholders -> patch vectors
         is_obs = (local_positions >= 0).unsqueeze(-1)  # (B, T, 1) observation tokens only
         local = self.local(local_positions.clamp(0, self.config.max_obs_tokens - 1))
         return x + local * is_obs
@@ -240,9 +239,10 @@ class KVCache:
         self.keys: list[torch.Tensor | None] = [None] * n_layer
         self.values: list[torch.Tensor | None] = [None] * n_layer
         self.positions: torch.Tensor | None = None  # (S,) absolute position held by each filled slot
-        self.new_positions: torch.Tensor | None = None  # (T,) positions of the tokens being appended
         self.next_position = 0
         self._slots: slice | torch.Tensor = slice(0, 0)
+        self.mask: torch.Tensor | None = None  # (T, S) for the tokens being appended, or None
+        self.causal = True  # with no mask: whether the new tokens attend causally (the cache's first)
 
     def __len__(self) -> int:
         return 0 if self.positions is None else int(self.positions.numel())
@@ -250,13 +250,9 @@ class KVCache:
     def reset(self) -> None:
         self.__init__(len(self.keys), self.max_tokens)
 
-    @property
-    def appended_to_empty(self) -> bool:
-        """Whether the tokens being appended are the cache's first (slots 0..T-1 in order)."""
-        return self.new_positions is not None and int(self.new_positions[0]) == 0
-
     def start(self, n_new: int, device: torch.device) -> torch.Tensor:
-        """Positions (T,) of the ``n_new`` tokens about to be appended; marks their slots."""
+        """Positions (T,) of the ``n_new`` tokens about to be appended; marks their slots and sets
+        how they attend (``mask``/``causal``, the same for every layer)."""
         if n_new > self.max_tokens:
             raise ValueError(f"cannot append {n_new} tokens at once to a {self.max_tokens}-token context")
         first = self.next_position
@@ -270,7 +266,10 @@ class KVCache:
         low = first % self.max_tokens
         self._slots = slice(low, low + n_new) if low + n_new <= self.max_tokens else new % self.max_tokens
         self.positions[self._slots] = new
-        self.new_positions = new
+        if first == 0 or n_new == 1:  # the first tokens (slots 0..T-1 in order), or one token after all the rest
+            self.mask, self.causal = None, first == 0
+        else:  # the cached window plus the new tokens, causally by position
+            self.mask, self.causal = self.positions[None, :] <= new[:, None], False
         self.next_position += n_new
         return new
 
@@ -307,10 +306,7 @@ class CausalSelfAttention(nn.Module):
         mask, causal = None, True
         if cache is not None:
             k, v = cache.append(self.layer, k, v)  # (B, H, S, hs): every cached slot, the new tokens' too
-            if T == 1:  # one new token: every key in the window is at or before it
-                causal = False
-            elif not cache.appended_to_empty:  # the cached window plus the new tokens, causally by position
-                mask, causal = cache.positions[None, :] <= cache.new_positions[:, None], False  # (T, S)
+            mask, causal = cache.mask, cache.causal
         dropout = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and T > 1, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
@@ -395,8 +391,9 @@ class Gato(nn.Module):
         """``torch.compile`` each transformer block in place (parameter names and checkpoints
         unchanged). The blocks are nearly all of a step, and inductor fuses their layer norms,
         rotary products and GELU gates: 386.5 -> 346.0 ms a step of gato-small on the demo's
-        16 x 256-token batches on this 2-core CPU, with the fused AdamW (docs/trainer.md). The whole model is not compiled: inductor's
-        backward of the patch embedding's convolutions fails a stride check on torch 2.13."""
+        16 x 256-token batches on this 2-core CPU, with the fused AdamW (docs/trainer.md). The
+        whole model is not compiled: inductor's backward of the patch embedding's convolutions
+        fails a stride check on torch 2.13."""
         for block in self.blocks:
             block.compile()
 
