@@ -16,6 +16,7 @@ reused without clearing it.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import sys
@@ -86,100 +87,166 @@ def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray],
                 observation_targets: bool = False) -> tuple[BatchLayout, int]:
     """Write ``plans`` (trainer.sequences.Plan) as one batch into ``buffer_for(nbytes)``;
     returns its layout and its count of real (not padding) tokens."""
-    layouts = sampler.catalog.layouts
-    length = sampler.settings.sequence_length
-    provenance = sampler.settings.provenance
-    size = len(plans)
-    # the slices of every piece's ids, local positions and loss mask (and a short row's padding),
-    # concatenated straight into the batch below
-    ids, positions, losses = [], [], []
-    images = []  # (row, unit, step layout, start, end) of pieces with patches
-    jobs = []  # (row, column, piece, unit) of every piece, for provenance
-    short = []  # (row, real tokens) of rows a finite stream left part-filled
-    real = 0
-    for row, plan in enumerate(plans):
-        column = 0
-        layout = layouts[plan.task]  # a prompt is of the same task
-        for piece in plan.pieces:
-            unit = piece.tokens
-            steps = unit.steps
-            if steps is None:
-                unit = sampler.full_unit(piece)
+    writer = BatchWriter(sampler, observation_targets)
+    writer.add(plans)
+    layout, real = writer.write(buffer_for)
+    return layout, sum(real)
+
+
+class BatchWriter:
+    """Several batches' plans written as one block of rows: a DataLoader worker sends a
+    message of up to 16 batches, and writing them together costs one layout, one buffer and
+    one ``np.concatenate`` per array for the message instead of per batch (at 8 rows a batch
+    those fixed costs were about half of writing). ``split_rows`` cuts the block back into
+    the batches where they are used."""
+
+    def __init__(self, sampler, observation_targets: bool = False) -> None:
+        self.sampler = sampler
+        self.observation_targets = observation_targets
+        self.length = sampler.settings.sequence_length
+        self.provenance = sampler.settings.provenance
+        self.plans: list = []
+        self.batch_rows: list[int] = []
+        # the slices of every piece's ids, local positions and loss mask (and a short row's
+        # padding), concatenated straight into the block by ``write``
+        self.ids: list[np.ndarray] = []
+        self.positions: list[np.ndarray] = []
+        self.losses: list[np.ndarray] = []
+        self.images: list[tuple] = []  # (row, unit, step layout, start, end) of pieces with patches
+        self.jobs: list[tuple] = []  # (row, column, piece, unit) of every piece, for provenance
+        self.short: list[tuple[int, int]] = []  # (row, real tokens) of rows a finite stream left part-filled
+        self.image_bytes = 0  # at least the bytes of the image pieces' frames and patch arrays
+
+    def add(self, plans: list) -> None:
+        """Append one batch of plans (its rows follow the batches added before)."""
+        layouts = self.sampler.catalog.layouts
+        full_unit = self.sampler.full_unit
+        length, provenance = self.length, self.provenance
+        ids, positions, losses, images, jobs = self.ids, self.positions, self.losses, self.images, self.jobs
+        row = len(self.plans)
+        for plan in plans:
+            column = 0
+            layout = layouts[plan.task]  # a prompt is of the same task
+            for piece in plan.pieces:
+                unit = piece.tokens
                 steps = unit.steps
-            start, end = piece.start, piece.end
-            ids.append(steps.tokens[start:end])
-            positions.append(steps.local_positions[start:end])
-            losses.append(steps.loss_mask[start:end])
-            if layout.patches:
-                images.append((row, unit, layout, start, end))
-            if provenance:
-                jobs.append((row, column, piece, unit))
-            column += end - start
-        real += column
-        if column < length:
-            pad = _padding(length)
-            ids.append(pad[0][:length - column])
-            positions.append(pad[1][:length - column])
-            losses.append(pad[2][:length - column])
-            short.append((row, column))
-    counts = row_frames = shapes = None
-    per_frame: list[int] = []  # patches of each frame that are tokens
-    frame_bytes = 0
-    cuts = []  # (unit, layout, first step, whole steps, patches of the cut step) of pieces with patches
-    if images:
-        counts, row_frames, shapes = [0] * size, [0] * size, [(0, 0, 0)] * size  # per sequence
-        for row, unit, layout, start, end in images:
-            first = unit.step_of(start)  # pieces start on a timestep
-            last = unit.step_of(end)  # the step holding ``end``
-            whole = last - first
-            cut = min(max(end - unit.offsets[last] - layout.image_start, 0), layout.patches)
-            taken = whole + (cut > 0)
-            if taken:
-                per_frame += [layout.patches] * whole + ([cut] if cut else [])
-                frame_bytes += taken * unit.steps.frames[0].size
-                counts[row] += whole * layout.patches + cut
-                row_frames[row] += taken
-                shapes[row] = layout.image_shape
-                cuts.append((unit, layout, first, whole, cut))
-    batch = BatchLayout.of(size, length, sum(counts) if counts else 0, len(per_frame), frame_bytes,
-                           observation_targets, provenance)
-    out = batch.views(buffer_for(batch.nbytes))
-    tokens, local, loss = out["tokens"], out["local_positions"], out["loss_mask"]
-    if counts is None:  # no image tokens: the per-image arrays are empty
-        out["num_patches"].fill(0)
-        out["num_frames"].fill(0)
-        out["image_shapes"].fill(0)
-    else:
-        out["num_patches"][:] = counts
-        out["num_frames"][:] = row_frames
-        out["image_shapes"][:] = shapes
-        out["frame_patches"][:] = per_frame
-    # one np.concatenate per array for the whole batch (widening int32/int16 to int64), not
-    # three slice copies per piece: small rows (BabyAI-like, a few timesteps per sequence)
-    # spent most of their writing time on the per-copy overhead
-    np.concatenate(ids, out=tokens.reshape(-1))
-    np.concatenate(positions, out=local.reshape(-1))
-    np.concatenate(losses, out=loss.reshape(-1))
-    if cuts:
-        _write_images(cuts, out)
-    attention = out["attention_mask"]
-    attention.fill(True)
-    for row, n in short:  # rows are full but where a finite stream ran out
-        attention[row, n:] = False
-    if cuts:
-        np.equal(tokens, IMAGE_PLACEHOLDER, out=out["is_image"])
-    else:  # only image patches carry that id
-        out["is_image"].fill(False)
-    if observation_targets:
-        out["obs_targets"][...] = tokens
-        target = out["obs_target_mask"]
-        np.greater_equal(local, 0, out=target)
-        target &= ~loss  # observation tokens that are not text
-        target[:, 0] = False
-    if provenance:
-        out["prompt_kind"][:] = [plan.prompt_kind for plan in plans]
-        _write_provenance(plans, jobs, out)
-    return batch, real
+                if steps is None:
+                    unit = full_unit(piece)
+                    steps = unit.steps
+                start, end = piece.start, piece.end
+                ids.append(steps.tokens[start:end])
+                positions.append(steps.local_positions[start:end])
+                losses.append(steps.loss_mask[start:end])
+                if layout.patches:
+                    images.append((row, unit, layout, start, end))
+                    frames = unit.step_of(end) - unit.step_of(start) + 1
+                    self.image_bytes += frames * (unit.steps.frames[0].size + 8) + 16 * (end - start)
+                if provenance:
+                    jobs.append((row, column, piece, unit))
+                column += end - start
+            if column < length:
+                pad = _padding(length)
+                ids.append(pad[0][:length - column])
+                positions.append(pad[1][:length - column])
+                losses.append(pad[2][:length - column])
+                self.short.append((row, column))
+            row += 1
+        self.plans += plans
+        self.batch_rows.append(len(plans))
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes ``write`` will take, give or take the arrays' alignment: images are counted
+        high (a frame a piece and a patch a token), so a bundle capped by it stays under its cap."""
+        rows = len(self.plans)
+        return (BatchLayout.of(rows, self.length, 0, 0, 0, self.observation_targets, self.provenance).nbytes
+                + self.image_bytes)
+
+    def write(self, buffer_for: Callable[[int], np.ndarray]) -> tuple[BatchLayout, list[int]]:
+        """Write every added row into ``buffer_for(nbytes)``: returns the block's layout and the
+        real (not padding) tokens of each added batch."""
+        plans, length, size = self.plans, self.length, len(self.plans)
+        counts = row_frames = shapes = None
+        per_frame: list[int] = []  # patches of each frame that are tokens
+        frame_bytes = 0
+        cuts = []  # (unit, layout, first step, whole steps, patches of the cut step) of pieces with patches
+        if self.images:
+            counts, row_frames, shapes = [0] * size, [0] * size, [(0, 0, 0)] * size  # per sequence
+            for row, unit, layout, start, end in self.images:
+                first = unit.step_of(start)  # pieces start on a timestep
+                last = unit.step_of(end)  # the step holding ``end``
+                whole = last - first
+                cut = min(max(end - unit.offsets[last] - layout.image_start, 0), layout.patches)
+                taken = whole + (cut > 0)
+                if taken:
+                    per_frame += [layout.patches] * whole + ([cut] if cut else [])
+                    frame_bytes += taken * unit.steps.frames[0].size
+                    counts[row] += whole * layout.patches + cut
+                    row_frames[row] += taken
+                    shapes[row] = layout.image_shape
+                    cuts.append((unit, layout, first, whole, cut))
+        batch = BatchLayout.of(size, length, sum(counts) if counts else 0, len(per_frame), frame_bytes,
+                               self.observation_targets, self.provenance)
+        out = batch.views(buffer_for(batch.nbytes))
+        tokens, local, loss = out["tokens"], out["local_positions"], out["loss_mask"]
+        if counts is None:  # no image tokens: the per-image arrays are empty
+            out["num_patches"].fill(0)
+            out["num_frames"].fill(0)
+            out["image_shapes"].fill(0)
+        else:
+            out["num_patches"][:] = counts
+            out["num_frames"][:] = row_frames
+            out["image_shapes"][:] = shapes
+            out["frame_patches"][:] = per_frame
+        # one np.concatenate per array for the whole block (widening int32/int16 to int64), not
+        # three slice copies per piece: small rows (BabyAI-like, a few timesteps per sequence)
+        # spent most of their writing time on the per-copy overhead
+        np.concatenate(self.ids, out=tokens.reshape(-1))
+        np.concatenate(self.positions, out=local.reshape(-1))
+        np.concatenate(self.losses, out=loss.reshape(-1))
+        if cuts:
+            _write_images(cuts, out)
+        attention = out["attention_mask"]
+        attention.fill(True)
+        real = [rows * length for rows in self.batch_rows]
+        ends = np.cumsum(self.batch_rows).tolist()
+        for row, n in self.short:  # rows are full but where a finite stream ran out
+            attention[row, n:] = False
+            real[bisect.bisect_right(ends, row)] -= length - n
+        if cuts:
+            np.equal(tokens, IMAGE_PLACEHOLDER, out=out["is_image"])
+        else:  # only image patches carry that id
+            out["is_image"].fill(False)
+        if self.observation_targets:
+            out["obs_targets"][...] = tokens
+            target = out["obs_target_mask"]
+            np.greater_equal(local, 0, out=target)
+            target &= ~loss  # observation tokens that are not text
+            target[:, 0] = False
+        if self.provenance:
+            out["prompt_kind"][:] = [plan.prompt_kind for plan in plans]
+            _write_provenance(plans, self.jobs, out)
+        return batch, real
+
+
+def split_rows(layout: BatchLayout, block: torch.Tensor | np.ndarray,
+               batch_rows: list[int]) -> list[dict[str, torch.Tensor]]:
+    """A block ``BatchWriter`` wrote (``layout`` over ``block``, as in ``as_tensors``) -> one
+    batch of the contract's tensors per entry of ``batch_rows``, each over its own part of
+    the block (no copy; the block lives as long as any of them)."""
+    if len(batch_rows) == 1:
+        return [as_tensors(layout, block)]
+    whole = as_tensors(layout, block)
+    starts = np.cumsum([0] + batch_rows[:-1])
+    frames = whole["num_frames"].numpy()
+    sizes = {"patch_rows": np.add.reduceat(whole["num_patches"].numpy(), starts).tolist(),
+             "frame_patches": np.add.reduceat(frames, starts).tolist(),
+             "frames": np.add.reduceat(frames * whole["image_shapes"].numpy().prod(1), starts).tolist()}
+    sizes["patch_cols"] = sizes["patch_rows"]
+    # torch's split makes a batch's views in one call a key (~25 us a batch against ~40 for a
+    # numpy slice and ``from_numpy`` each)
+    parts = [tensor.split(sizes.get(key, batch_rows)) for key, tensor in whole.items()]
+    return [dict(zip(whole, views)) for views in zip(*parts)]
 
 
 @functools.lru_cache(maxsize=8)
@@ -205,8 +272,9 @@ def _write_images(cuts: list, out: dict[str, np.ndarray]) -> None:
 
 def as_tensors(layout: BatchLayout, block: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
     """The batch's tensors over ``block`` (uint8, the buffer it was written into), no copy:
-    each is ``torch.from_numpy`` of a numpy view whose base is the buffer, so the memory lives
-    exactly as long as any of them does. (A numpy view and ``from_numpy`` cost ~2 us a key;
+    each is ``torch.from_numpy`` of a numpy view over it. Give a tensor (or an array that owns
+    its memory) when its lifetime matters: numpy points a view of a view at the memory's
+    owner, so the tensors keep ``block`` itself alive only through a tensor's own reference. (A numpy view and ``from_numpy`` cost ~2 us a key;
     slicing and viewing a torch tensor ~7, which the training process paid on every batch.)"""
     buffer = block.numpy() if isinstance(block, torch.Tensor) else block
     return {key: torch.from_numpy(view) for key, view in layout.views(buffer).items()}

@@ -75,7 +75,7 @@ import torch
 import tyro
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from trainer.assembly import BatchLayout, as_tensors, host_buffer, shared_buffer, write_batch
+from trainer.assembly import BatchLayout, BatchWriter, as_tensors, host_buffer, shared_buffer, split_rows, write_batch
 from trainer.catalog import Catalog
 from trainer.mixture import parse_weight_args, task_weights
 from trainer.ring import BatchRing
@@ -87,8 +87,9 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 2
 BUNDLE_BATCHES, BUNDLE_BYTES = 16, 4 << 20
 """a worker sends its batches in messages of up to this many batches or bytes (one batch at least)"""
-RING_MESSAGES = 3
-"""each worker's shared-memory arena holds this many of the largest messages (sent, in flight, held)"""
+RING_MESSAGES = 4
+"""each worker's shared-memory arena holds this many of the largest messages (in use, two
+prefetched, being written): a message's bytes are free only once all its batches are gone"""
 RING_MIN_BYTES, RING_MAX_BYTES = 16 << 20, 512 << 20
 """bounds on an arena; a batch bigger than the arena travels as a torch shared tensor"""
 STORE_EXTRA_UNITS, STORE_MAX_BYTES = 3, 256 << 20
@@ -259,21 +260,21 @@ class GatoDataset(IterableDataset):
 
     def _bundle(self, plans: list, iterator: Iterator, sampler: ShardSampler, worker: int, most: int) -> dict:
         """One message of several batches (``plans`` and the next ones, up to ``most`` or
-        BUNDLE_BYTES): every message costs thread wake-ups on both sides, which on a busy
-        machine take longer than making a small batch."""
-        items = [self._send(plans, sampler, worker)]
-        nbytes = BatchLayout.of(*items[0]["layout"]).nbytes
-        while len(items) < most and nbytes < BUNDLE_BYTES:
+        BUNDLE_BYTES), written as one block of rows (``BatchWriter``): every message costs
+        thread wake-ups on both sides, which on a busy machine take longer than making a
+        small batch, and every block a layout, a buffer and its copies."""
+        writer = BatchWriter(sampler, self.config.observation_targets)
+        writer.add(plans)
+        while len(writer.batch_rows) < most and writer.nbytes < BUNDLE_BYTES:
             plans = list(itertools.islice(iterator, self.batch_size))
             if not plans:
                 break
-            items.append(self._send(plans, sampler, worker))
-            nbytes += BatchLayout.of(*items[-1]["layout"]).nbytes
-        return {"bundle": items}
+            writer.add(plans)
+        return self._send(writer, worker)
 
-    def _send(self, plans: list, sampler: ShardSampler, worker: int) -> dict:
-        """Write a batch where the main process can take it: the worker's ring arena (the message
-        says where) or, when there is no ring or no room in it, a torch shared tensor."""
+    def _send(self, writer: BatchWriter, worker: int) -> dict:
+        """Write a block of batches where the main process can take it: the worker's ring arena
+        (the message says where) or, when there is no ring or no room in it, a torch shared tensor."""
         ring, where = self.ring, {}
 
         def buffer_for(nbytes: int) -> np.ndarray:
@@ -284,24 +285,27 @@ class GatoDataset(IterableDataset):
             where["tensor"], buffer = shared_buffer(nbytes)
             return buffer
 
-        layout, real = write_batch(plans, sampler, buffer_for, self.config.observation_targets)
-        message = {"layout": layout.key(), "real_tokens": real}
+        layout, real = writer.write(buffer_for)
+        message = {"layout": layout.key(), "batch_rows": writer.batch_rows, "real_tokens": real}
         if "ticket" in where:
             message["ring"] = (worker, where["ticket"], where["offset"])
         else:
             message["buffer"] = where["tensor"]
         return message
 
-    def receive(self, message: dict, ring: BatchRing | None) -> dict[str, torch.Tensor]:
-        """A worker's message (``_send``) -> the contract's tensors, in the main process, over
-        the memory the worker wrote (a ring region is free again once they are all gone)."""
+    def receive(self, message: dict, ring: BatchRing | None) -> list[dict[str, torch.Tensor]]:
+        """A worker's message (``_send``) -> its batches of the contract's tensors, in the main
+        process, over the memory the worker wrote (a ring region is free again once every
+        tensor of the message is gone)."""
         layout = BatchLayout.of(*message["layout"])
         if "ring" in message:
             worker, ticket, offset = message["ring"]
             region = ring.view(worker, offset, layout.nbytes)
-            ring.lend(region, worker, ticket)  # the tensors hold ``region``: freed with the last of them
-            return as_tensors(layout, region)
-        return as_tensors(layout, message["buffer"])
+            ring.lend(region, worker, ticket)
+            # the tensors must hold ``region`` itself: numpy views of it would point past it, to
+            # the ring's whole mapping, and the region would be released while they are in use
+            return split_rows(layout, torch.from_numpy(region), message["batch_rows"])
+        return split_rows(layout, message["buffer"], message["batch_rows"])
 
     # -------------------------------------------------------------- state
 
@@ -377,13 +381,12 @@ class SequenceLoader:
             for message in messages:
                 worker = turn % workers
                 turn += 1
-                for item in message["bundle"] if "bundle" in message else [message]:  # a worker's message
-                    if "layout" in item:  # the worker counted the real tokens: no pass over the mask here
-                        batch = self.dataset.receive(item, ring)
-                        real = item["real_tokens"]
-                    else:
-                        batch = item
-                        real = int(np.count_nonzero(batch["attention_mask"].numpy()))  # torch's sum: ~50 us
+                if "layout" in message:  # a worker's block of batches; it counted their real tokens
+                    batches, reals = self.dataset.receive(message, ring), message["real_tokens"]
+                else:
+                    batches = [message]
+                    reals = [int(np.count_nonzero(message["attention_mask"].numpy()))]  # torch's sum: ~50 us
+                for batch, real in zip(batches, reals):
                     rows, length = batch["attention_mask"].shape
                     self.consumed[worker] += rows
                     self.real_tokens += real
