@@ -159,6 +159,37 @@ def test_ring_lends_bytes_until_the_batch_is_gone():
     assert ring.acquire(0, 4 * 4096) is None  # bigger than the arena
 
 
+def test_received_batches_keep_their_ring_bytes_lent():
+    """The main process's batches over a worker's block hold its ring bytes until the last
+    tensor of the block is gone (numpy points a view of the region past it, at the whole
+    mapping: a region wrapped that way was released as soon as it was received)."""
+    import gc
+
+    from trainer.assembly import BatchLayout
+    from trainer.data import GatoDataset
+    from trainer.ring import FREE, FULL, BatchRing
+
+    ring = BatchRing(workers=1, arena_bytes=1 << 20)
+    layout = BatchLayout(4, 16, 0, 0, 0)
+    ticket, offset, buffer = ring.acquire(0, layout.nbytes)
+    buffer[:] = 0
+    layout.views(buffer)["tokens"][:] = np.arange(64).reshape(4, 16)
+    message = {"layout": layout.key(), "batch_rows": [2, 2], "real_tokens": [32, 32], "ring": (0, ticket, offset)}
+    first, second = GatoDataset.receive(message, ring)
+    del buffer
+    gc.collect()
+    assert ring.flags[0, ticket] == FULL
+    assert first["tokens"].shape == (2, 16) and int(second["tokens"][0, 0]) == 32
+    held = second["tokens"][1:]
+    del first, second
+    gc.collect()
+    assert ring.flags[0, ticket] == FULL  # ``held`` still reads the bytes
+    assert int(held[0, 15]) == 63
+    del held
+    gc.collect()
+    assert ring.flags[0, ticket] == FREE
+
+
 def test_ring_steps_over_a_held_batch_instead_of_waiting():
     """A consumer holding one batch must not stall the batches after it: the worker writes
     past the held bytes at once (it waited, then sent every later batch the slow way)."""

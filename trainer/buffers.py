@@ -22,6 +22,7 @@ instead of faulting in new ones; what does not fit is allocated as usual.
 from __future__ import annotations
 
 import sys
+import threading
 
 import numpy as np
 
@@ -41,19 +42,22 @@ class BufferPool:
         """an int64 array of one: raised to the end of the furthest buffer carved from ``backing``"""
         self._buffers: list[np.ndarray] = []  # most recently taken last
         self._carved: dict[int, int] = {}  # id of a buffer carved from ``backing`` -> its offset
+        self._lock = threading.Lock()  # the loader's read-ahead threads and its sampler take buffers at once
 
     def take(self, nbytes: int) -> np.ndarray:
-        """``nbytes`` bytes (contents undefined), as a view of a buffer the pool keeps."""
-        free = [i for i in self._free() if self._buffers[i].nbytes >= nbytes]
-        if free:
-            buffer = self._buffers.pop(min(free, key=lambda i: self._buffers[i].nbytes))
-        else:
-            self._trim(nbytes)
-            buffer = self._carve(nbytes)
-            if buffer is None:
-                buffer = np.empty(max(nbytes, 1), np.uint8)
-        self._buffers.append(buffer)
-        return buffer[:nbytes]
+        """``nbytes`` bytes (contents undefined), as a view of a buffer the pool keeps (thread-safe:
+        two threads must never be handed the same free buffer)."""
+        with self._lock:
+            free = [i for i in self._free() if self._buffers[i].nbytes >= nbytes]
+            if free:
+                buffer = self._buffers.pop(min(free, key=lambda i: self._buffers[i].nbytes))
+            else:
+                self._trim(nbytes)
+                buffer = self._carve(nbytes)
+                if buffer is None:
+                    buffer = np.empty(max(nbytes, 1), np.uint8)
+            self._buffers.append(buffer)
+            return buffer[:nbytes]
 
     def _carve(self, nbytes: int) -> np.ndarray | None:
         """A new buffer from the first gap of ``backing`` that holds ``nbytes`` (page-aligned),

@@ -293,7 +293,8 @@ class GatoDataset(IterableDataset):
             message["buffer"] = where["tensor"]
         return message
 
-    def receive(self, message: dict, ring: BatchRing | None) -> list[dict[str, torch.Tensor]]:
+    @staticmethod
+    def receive(message: dict, ring: BatchRing | None) -> list[dict[str, torch.Tensor]]:
         """A worker's message (``_send``) -> its batches of the contract's tensors, in the main
         process, over the memory the worker wrote (a ring region is free again once every
         tensor of the message is gone)."""

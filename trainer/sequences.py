@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 NO_PROMPT, END_PROMPT, UNIFORM_PROMPT = 0, 1, 2
 MAX_PROMPT_DEBT = 8
+READ_AHEAD_UNITS = 2
+"""units of each stream hinted to the read-ahead past the current one: with one, the reader
+sat idle while the sampler worked through units it had already loaded, then made it wait"""
 
 
 @dataclass(frozen=True)
@@ -104,9 +107,9 @@ class TaskStream:
         permutation = np.random.default_rng([self.seed, self.task_index, epoch]).permutation(len(self.units))
         return [int(u) for u in permutation[self.shard::self.num_shards]]
 
-    def upcoming(self) -> int | None:
-        """The unit this stream reads after the current one in this epoch (for read-ahead)."""
-        return self.order[self.position + 1] if self.position + 1 < len(self.order) else None
+    def upcoming(self, count: int = READ_AHEAD_UNITS) -> list[int]:
+        """The units this stream reads after the current one in this epoch (for read-ahead)."""
+        return self.order[self.position + 1:self.position + 1 + count]
 
 
 class Draws:
@@ -169,15 +172,19 @@ class ShardSampler:
 
     def __iter__(self) -> Iterator[Plan]:
         size = max(1, self.settings.shuffle_buffer)
+        buffer, next_plan, random = self.buffer, self.next_plan, self.draws.random
         while True:
-            plan = self.next_plan()
+            plan = next_plan()
             if plan is None:
                 break
-            if len(self.buffer) < size:
-                self.buffer.append(plan)
+            held = len(buffer)
+            if held < size:
+                buffer.append(plan)
                 continue
-            slot = self.draws.below(len(self.buffer))
-            out, self.buffer[slot] = self.buffer[slot], plan
+            slot = int(random() * held)  # Draws.below, inline: a call cost more than the rest of a swap
+            if slot >= held:
+                slot = held - 1
+            out, buffer[slot] = buffer[slot], plan
             yield out
         while self.buffer:
             slot = self.draws.below(len(self.buffer))
@@ -298,7 +305,8 @@ class ShardSampler:
             pieces.append(Piece(stream.task, unit, start, end, tokens))
             # the timestep holding token ``end`` was cut: the next sequence starts with it whole
             offsets = tokens.offsets
-            step = bisect.bisect_right(offsets, end) - 1  # tokens.step_of(end), without the call
+            width = tokens.step_width
+            step = end // width if width else bisect.bisect_right(offsets, end) - 1  # tokens.step_of(end), without the call
             restart = offsets[step]
             if restart <= start and first:  # one timestep longer than the budget: skip the rest of it
                 restart = offsets[step + 1]
@@ -311,9 +319,9 @@ class ShardSampler:
             tokens = self.catalog.load_unit(stream.task, stream.units[unit], full=not self.dry)
             stream.pool[unit] = tokens
             stream.pool_version += 1
-            upcoming = stream.upcoming()
-            if upcoming is not None and self.read_ahead is not None and not self.dry:
-                self.read_ahead(stream.task, stream.units[upcoming])
+            if self.read_ahead is not None and not self.dry:
+                for upcoming in stream.upcoming():
+                    self.read_ahead(stream.task, stream.units[upcoming])
             # keep at least two sequences' worth of tokens so a plan's pieces stay in memory
             floor = 2 * self.settings.sequence_length
             held = sum(t.num_tokens for t in stream.pool.values())
@@ -352,9 +360,9 @@ class ShardSampler:
                 index = found[pick]
                 break
             pick -= count
-        first, last = tokens.starts[index], tokens.starts[index + 1]
+        last = tokens.starts[index + 1]
         offsets = tokens.offsets
-        lo, hi = bisect.bisect_left(offsets, first), bisect.bisect_right(offsets, last)  # its step boundaries
+        lo, hi = tokens.first_steps[index], tokens.first_steps[index + 1] + 1  # its step boundaries
         steps = hi - lo
         # the end prompt: the most final timesteps that fit the budget (at least one)
         end_start = bisect.bisect_left(offsets, last - budget, lo, hi) - lo
