@@ -3,10 +3,14 @@
     layout, real = write_batch(plans, sampler, buffer_for)   # in the process that plans (a worker)
     batch = as_tensors(layout, torch.from_numpy(buffer))   # where the batch is used: no copy
 
+    writer = BatchWriter(sampler); writer.add(plans_a); writer.add(plans_b)   # a worker's message
+    layout, reals = writer.write(buffer_for)                 # both batches' rows as one block
+    batch_a, batch_b = split_rows(layout, torch.from_numpy(buffer), writer.batch_rows)
+
 Every array of a batch (trainer/data.py lists the keys) lives in one byte buffer: in a
 DataLoader worker that is shared memory (trainer/ring.py), so the training process wraps
 the arrays as tensors where they are instead of receiving or converting anything.
-``write_batch`` fills the buffer with one slice copy per piece of a plan and array (the
+``write_batch`` (a ``BatchWriter`` of one batch) fills the buffer with one slice copy per piece of a plan and array (the
 units' int32 ids and int16 positions widen to int64 on the way) and a few whole-batch numpy
 calls for the masks; image frames are copied as stored, a memcpy each (cutting them into
 16x16 patches, a strided copy at a third of memcpy's speed, is left to the model on its
