@@ -10,9 +10,9 @@
 Every array of a batch (trainer/data.py lists the keys) lives in one byte buffer: in a
 DataLoader worker that is shared memory (trainer/ring.py), so the training process wraps
 the arrays as tensors where they are instead of receiving or converting anything.
-``write_batch`` (a ``BatchWriter`` of one batch) fills the buffer with one slice copy per piece of a plan and array (the
-units' int32 ids and int16 positions widen to int64 on the way) and a few whole-batch numpy
-calls for the masks; image frames are copied as stored, a memcpy each (cutting them into
+``write_batch`` (a ``BatchWriter`` of one batch) fills the buffer with one ``np.concatenate``
+of every piece's slices per array (the units' int32 ids and int16 positions widen to int64
+on the way) and a few whole-batch numpy calls for the masks; image frames are copied as stored, a memcpy each (cutting them into
 16x16 patches, a strided copy at a third of memcpy's speed, is left to the model on its
 device, like the pixel scaling). Every byte of the layout is written, so a buffer can be
 reused without clearing it.
@@ -116,7 +116,7 @@ class BatchWriter:
         self.ids: list[np.ndarray] = []
         self.positions: list[np.ndarray] = []
         self.losses: list[np.ndarray] = []
-        self.images: list[tuple] = []  # (row, unit, step layout, start, end) of pieces with patches
+        self.images: list[tuple] = []  # (row, unit, step layout, start, end, first step, last step) of pieces with patches
         self.jobs: list[tuple] = []  # (row, column, piece, unit) of every piece, for provenance
         self.short: list[tuple[int, int]] = []  # (row, real tokens) of rows a finite stream left part-filled
         self.image_bytes = 0  # at least the bytes of the image pieces' frames and patch arrays
@@ -142,9 +142,9 @@ class BatchWriter:
                 positions.append(steps.local_positions[start:end])
                 losses.append(steps.loss_mask[start:end])
                 if layout.patches:
-                    images.append((row, unit, layout, start, end))
-                    frames = unit.step_of(end) - unit.step_of(start) + 1
-                    self.image_bytes += frames * (unit.steps.frames[0].size + 8) + 16 * (end - start)
+                    first, last = unit.step_of(start), unit.step_of(end)  # pieces start on a timestep; ``end``'s step
+                    images.append((row, unit, layout, start, end, first, last))
+                    self.image_bytes += (last - first + 1) * (unit.steps.frames[0].size + 8) + 16 * (end - start)
                 if provenance:
                     jobs.append((row, column, piece, unit))
                 column += end - start
@@ -176,9 +176,7 @@ class BatchWriter:
         cuts = []  # (unit, layout, first step, whole steps, patches of the cut step) of pieces with patches
         if self.images:
             counts, row_frames, shapes = [0] * size, [0] * size, [(0, 0, 0)] * size  # per sequence
-            for row, unit, layout, start, end in self.images:
-                first = unit.step_of(start)  # pieces start on a timestep
-                last = unit.step_of(end)  # the step holding ``end``
+            for row, unit, layout, start, end, first, last in self.images:
                 whole = last - first
                 cut = min(max(end - unit.offsets[last] - layout.image_start, 0), layout.patches)
                 taken = whole + (cut > 0)
@@ -278,8 +276,9 @@ def as_tensors(layout: BatchLayout, block: torch.Tensor | np.ndarray) -> dict[st
     """The batch's tensors over ``block`` (uint8, the buffer it was written into), no copy:
     each is ``torch.from_numpy`` of a numpy view over it. Give a tensor (or an array that owns
     its memory) when its lifetime matters: numpy points a view of a view at the memory's
-    owner, so the tensors keep ``block`` itself alive only through a tensor's own reference. (A numpy view and ``from_numpy`` cost ~2 us a key;
-    slicing and viewing a torch tensor ~7, which the training process paid on every batch.)"""
+    owner, so the tensors keep ``block`` itself alive only through a tensor's own reference.
+    (A numpy view and ``from_numpy`` cost ~2 us a key; slicing and viewing a torch tensor ~7,
+    which the training process paid on every batch.)"""
     buffer = block.numpy() if isinstance(block, torch.Tensor) else block
     return {key: torch.from_numpy(view) for key, view in layout.views(buffer).items()}
 

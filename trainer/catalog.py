@@ -89,10 +89,8 @@ class UnitTokens:
         self.starts = self.token_starts.tolist()
         self.first_steps = np.searchsorted(self.step_offsets, self.token_starts).tolist()
         """the timestep each episode starts on (and the count of timesteps, last)"""
-        steps = len(self.step_offsets) - 1
-        width = self.offsets[1] if steps else 0
-        self.step_width = width if steps and width * steps == self.num_tokens and bool(
-            (np.diff(self.step_offsets) == width).all()) else 0
+        widths = np.diff(self.step_offsets)
+        self.step_width = int(widths[0]) if len(widths) and bool((widths == widths[0]).all()) else 0
         """tokens of every timestep when they all have as many (no text), else 0: the timestep
         holding token p is then p // step_width, where the sampler would bisect ``offsets``"""
         self.source_codes = self.sources.tolist() if self.sources is not None else None  # ints: cheap dict keys

@@ -51,9 +51,9 @@ ranks x workers per epoch so no window is served twice in an epoch; sequences ar
 starting on a timestep, packed across episodes, 25% with a prompt; a shuffle buffer mixes
 them. A batch is written from its plans in one go (trainer/assembly.py); a worker writes the
 batches of one message (up to 16) as one block of rows straight into shared memory
-(trainer/ring.py), which the main process splits into batches without copying. The loader's state is how many sequences each
-worker has handed over: resuming replays the plans (no pixels read) and continues with the
-very same sequences.
+(trainer/ring.py), which the main process splits into batches without copying. The loader's
+state is how many sequences each worker has handed over: resuming replays the plans (no
+pixels read) and continues with the very same sequences.
 """
 
 from __future__ import annotations

@@ -190,8 +190,10 @@ class BatchRing:
         self.flags[worker, ticket] = FREE
 
     def lend(self, region: np.ndarray, worker: int, ticket: int) -> None:
-        """Release the ticket once ``region`` (the view of its bytes that a batch's arrays are
-        views of, and its tensors wrap) is gone: the main process hands the batch out in place."""
+        """Release the ticket once ``region`` (the view of its bytes) is gone: the main process
+        hands the batch out in place. Wrap ``region`` in a tensor and build the arrays from
+        that: numpy points a view of ``region`` at the whole mapping, not at ``region``, so
+        numpy views alone would let the ticket go while they are in use."""
         weakref.finalize(region, self.release, worker, ticket)
 
     def __getstate__(self) -> dict:
