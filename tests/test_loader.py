@@ -135,6 +135,36 @@ def test_workers_fork_after_arrow_hands_back_its_free_pages(synth, monkeypatch):
     assert gc.get_freeze_count() == 0
 
 
+def test_workers_run_ahead_by_the_prefetch_and_keep_their_freed_heap(synth, monkeypatch):
+    """A worker may have PREFETCH_MESSAGES messages out (torch's default of 2 left it waiting
+    for requests), a prefetch_factor given to the loader wins, and the ring has room for the
+    prefetched messages plus the spare ones; ``keep_freed_heap`` (which workers call) works here."""
+    import trainer.data as data
+    from trainer.ring import BatchRing
+
+    made, claimed = [], []
+    real_loader, real_claim = data.DataLoader, BatchRing.claim
+
+    def loader(*args, **kwargs):
+        made.append(kwargs.get("prefetch_factor"))
+        return real_loader(*args, **kwargs)
+
+    def claim(workers, arena_bytes, store_bytes=0):
+        claimed.append(arena_bytes)
+        return real_claim(workers, arena_bytes, store_bytes)
+
+    monkeypatch.setattr(data, "DataLoader", loader)
+    monkeypatch.setattr(data.BatchRing, "claim", staticmethod(claim))
+    real_keep = data.keep_freed_heap
+    assert len(take(make_loader(config(synth), batch_size=2, num_workers=0), 2)) == 2
+    assert len(take(make_loader(config(synth), batch_size=2, num_workers=1), 2)) == 2
+    assert len(take(make_loader(config(synth), batch_size=2, num_workers=1, prefetch_factor=2), 2)) == 2
+    assert made == [None, data.PREFETCH_MESSAGES, 2]
+    default, given = claimed  # the in-process loader claims no ring; these are above RING_MIN_BYTES
+    assert default * (2 + data.RING_SPARE_MESSAGES) == given * (data.PREFETCH_MESSAGES + data.RING_SPARE_MESSAGES)
+    assert real_keep() is True  # glibc on this machine: mallopt took both settings
+
+
 def test_ring_lends_bytes_until_the_batch_is_gone():
     import gc
 

@@ -77,6 +77,7 @@ import tyro
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from trainer.assembly import BatchLayout, BatchWriter, as_tensors, host_buffer, shared_buffer, split_rows, write_batch
+from trainer.buffers import keep_freed_heap
 from trainer.catalog import Catalog
 from trainer.mixture import parse_weight_args, task_weights
 from trainer.ring import BatchRing
@@ -88,9 +89,16 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 2
 BUNDLE_BATCHES, BUNDLE_BYTES = 16, 4 << 20
 """a worker sends its batches in messages of up to this many batches or bytes (one batch at least)"""
-RING_MESSAGES = 4
-"""each worker's shared-memory arena holds this many of the largest messages (in use, two
-prefetched, being written): a message's bytes are free only once all its batches are gone"""
+PREFETCH_MESSAGES = 4
+"""messages a worker may have out before the main process asks for more (the DataLoader's
+``prefetch_factor``; a ``prefetch_factor`` given to the loader wins). With torch's default of 2
+the worker waited for the next request ~0.5 s of a ~2.1 s bench pass, whenever the main
+process was off the CPU; with 4, ~0.2 s (bench/loader.py, 1 worker: 0.26 -> 0.32 of raw,
+alternating runs; 8 was no better)"""
+RING_SPARE_MESSAGES = 2
+"""each worker's shared-memory arena holds the prefetched messages plus this many of the
+largest (the one in use, the one being written): a message's bytes are free only once all its
+batches are gone"""
 RING_MIN_BYTES, RING_MAX_BYTES = 16 << 20, 512 << 20
 """bounds on an arena; a batch bigger than the arena travels as a torch shared tensor"""
 STORE_EXTRA_UNITS, STORE_MAX_BYTES = 3, 256 << 20
@@ -225,6 +233,8 @@ class GatoDataset(IterableDataset):
         if info is None:
             self._consumed = [skip]
         group = self.batch_size or 1
+        if info is not None:
+            keep_freed_heap()
         if info is not None and self.ring is not None:
             self.ring.map_arena(worker)
             if self.ring.store_bytes:  # decode and tokenize into memory the loader keeps warm between passes
@@ -376,7 +386,7 @@ class SequenceLoader:
         self.dataset.ring = ring
         try:
             loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
-                                persistent_workers=False, in_order=True, **self.loader_kwargs)
+                                persistent_workers=False, in_order=True, **self._dataloader_kwargs())
             messages = _fork_workers(loader) if self.num_workers else iter(loader)
             turn = 0
             workers = len(self.consumed)
@@ -399,6 +409,14 @@ class SequenceLoader:
             if ring is not None:
                 ring.unclaim()
 
+    def _prefetch(self) -> int:
+        return self.loader_kwargs.get("prefetch_factor") or PREFETCH_MESSAGES
+
+    def _dataloader_kwargs(self) -> dict:
+        if self.num_workers == 0:  # torch refuses a prefetch_factor without workers
+            return self.loader_kwargs
+        return {**self.loader_kwargs, "prefetch_factor": self._prefetch()}
+
     def _claim_ring(self) -> BatchRing | None:
         if self.num_workers == 0:
             return None
@@ -409,7 +427,7 @@ class SequenceLoader:
         dataset = self.dataset
         most = BatchLayout.max_bytes(self.batch_size, dataset.config.sequence_length, dataset.max_patches,
                                      *dataset.max_frames, dataset.config.observation_targets, dataset.config.provenance)
-        arena = RING_MESSAGES * (most + BUNDLE_BYTES)
+        arena = (self._prefetch() + RING_SPARE_MESSAGES) * (most + BUNDLE_BYTES)
         store = dataset.catalog.bytes_held(dataset.config.prompt_pool_units + STORE_EXTRA_UNITS)
         return BatchRing.claim(self.num_workers, min(max(arena, RING_MIN_BYTES), RING_MAX_BYTES),
                                min(store, STORE_MAX_BYTES))
