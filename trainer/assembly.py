@@ -245,9 +245,17 @@ def split_rows(layout: BatchLayout, block: torch.Tensor | np.ndarray,
              "frame_patches": np.add.reduceat(frames, starts).tolist(),
              "frames": np.add.reduceat(frames * whole["image_shapes"].numpy().prod(1), starts).tolist()}
     sizes["patch_cols"] = sizes["patch_rows"]
-    # torch's split makes a batch's views in one call a key (~25 us a batch against ~40 for a
-    # numpy slice and ``from_numpy`` each)
-    parts = [tensor.split(sizes.get(key, batch_rows)) for key, tensor in whole.items()]
+    count = len(batch_rows)
+    even = all(rows == batch_rows[0] for rows in batch_rows)
+    parts = []
+    for key, tensor in whole.items():
+        split = sizes.get(key)
+        if split is not None and not any(split):  # no images in the block: one empty tensor serves all
+            parts.append([tensor] * count)
+        elif split is None and even:  # one view op a key (~13 us for 16 batches, ~20 for a split)
+            parts.append(tensor.view(count, batch_rows[0], *tensor.shape[1:]).unbind(0))
+        else:
+            parts.append(tensor.split(split or batch_rows))
     return [dict(zip(whole, views)) for views in zip(*parts)]
 
 
