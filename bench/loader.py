@@ -79,7 +79,8 @@ class BenchConfig:
     atari_length: int = 800
     big_gb: float = 2.0
     """on-disk size of the dataset streamed for peak RSS"""
-    repeats: int = 3
+    repeats: int = 5
+    """passes per setting (medians): 3 left the 1-worker figure swinging 0.22-0.27 between runs of one commit"""
     batch_size: int = 8
     sequence_length: int = 1024
     seed: int = 0
