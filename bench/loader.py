@@ -2,16 +2,19 @@
 
     .venv/bin/python bench/loader.py                    # quickstart-like data + a 2 GB stream
     .venv/bin/python bench/loader.py --big-gb 0.5 --repeats 1
+    .venv/bin/python bench/loader.py --root runs/demo/data   # a dataset you collected
 
-Data (written to a temp dir with shards' own writer, deleted afterwards), shaped and sized
-like the quickstart (~520k steps with the defaults; the quickstart has ~510k):
-BabyAI-like, two tasks of 12k episodes each, 6-14 and 10-20 steps (148 discrete values + a
-mission string, 1 discrete action); Meta-World-like, two tasks of 200 episodes of 500 steps
-(39 continuous values, 4 continuous actions); DMC-like cartpole, 20 episodes of 1000 steps
-(5 continuous values, 1 continuous action); a little Atari-like, 4 episodes of 800 steps
-(84x84x4 stacked frames of a simple, compressible scene, 1 discrete action). Until
-2026-12-03 the bench used a 40k-step set (300 BabyAI-like episodes of 20-80 steps, 30
-Meta-World-like, 12 Atari-like): a pass was ~0.6 s, ~0.1 s of it the fresh worker's start.
+Data (written to a temp dir with shards' own writer, deleted afterwards): the quickstart's
+composition as collected on 2026-12-03 (``QUICKSTART``: its tasks, sources, files of
+episodes and episode lengths, ~510k steps), with synthetic values shaped and compressible
+like the real ones: BabyAI, 12k bot episodes of 1-34 steps (one code per grid cell, 50
+discrete values, a mission string, 1 discrete action); Meta-World, 420 episodes of 500 steps
+(39 continuous values, 4 continuous actions); DMC cartpole, 184 episodes of 1000 steps (5
+continuous values, 1 continuous action); Atari, 8 episodes of ~850 steps (84x84x4 stacked
+frames); Procgen coinrun, 123 episodes of 31-1000 steps (64x64x3 frames). Until 2026-12-04
+the BabyAI part was the layout before cell packing (148 discrete values a step, 24k
+episodes of 6-20 steps: 300k of the 523k steps and most of the tokens), DMC had 20
+episodes and there was no Procgen; on that data a 1-worker pass reached 0.26 of raw.
 
 Measured in one run (medians of ``repeats``):
 - raw: pyarrow reading every row group of the same step files (all columns, one thread),
@@ -61,22 +64,18 @@ from trainer.data import DataConfig, make_loader
 from trainer.text_tokenizer import fit_text_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "loader.json"
-DOMAINS = ("babyai", "metaworld", "dmc", "atari")
-MISSIONS = ["go to the red ball", "pick up the blue key", "open the yellow door", "put the grey box next to the purple ball"]
 
 
 @dataclass
 class BenchConfig:
     """Sizes and repeats (defaults: about the quickstart's steps and episode shapes)."""
 
-    babyai_episodes: int = 24_000
-    """split between two tasks: GoToRedBall-like (6-14 steps) and GoToLocal-like (10-20)"""
-    metaworld_episodes: int = 400
-    """500 steps each, split between two tasks"""
-    cartpole_episodes: int = 20
-    """1000 steps each (DMC-like: 5 continuous values, 1 continuous action)"""
-    atari_episodes: int = 4
-    atari_length: int = 800
+    scale: float = 1.0
+    """episodes of each quickstart task and source, as a multiple of the quickstart's (~510k steps at 1)"""
+    root: str | None = None
+    """bench this dataset instead of a synthetic quickstart (e.g. runs/demo/data, the demo's collection)"""
+    text_model: str | None = None
+    """the SentencePiece model for ``root``'s text (default: fitted on it, as the demo does)"""
     big_gb: float = 2.0
     """on-disk size of the dataset streamed for peak RSS"""
     repeats: int = 5
@@ -90,16 +89,20 @@ class BenchConfig:
 def main(config: BenchConfig) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="bench-loader-"))
     try:
-        root = workdir / "quickstart"
         t0 = time.perf_counter()
-        write_quickstart_like(root, config)
-        model = workdir / "text.model"
-        fit_text_model([str(root)], model)
+        root = Path(config.root) if config.root else workdir / "quickstart"
+        if not config.root:
+            write_quickstart_like(root, config)
+        model = Path(config.text_model) if config.text_model else workdir / "text.model"
+        if not config.text_model:
+            fit_text_model([str(root)], model)
         build_seconds = time.perf_counter() - t0
-        steps = int(Dataset(str(root)).index["length"].to_numpy().sum())
+        index = Dataset(str(root)).index
+        steps = int(index["length"].to_numpy().sum())
+        domains = sorted({task.split("/")[0] for task in index["task"].to_pylist()})
         result: dict = {"benchmark": "loader", "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                                            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
-                        "config": vars(config), "dataset": {"steps": steps, "bytes_on_disk": _disk_bytes(root),
+                        "config": vars(config), "dataset": {"root": config.root or "synthetic quickstart", "steps": steps, "bytes_on_disk": _disk_bytes(root),
                                                             "build_seconds": round(build_seconds, 2)}}
         raw = median_run(lambda: raw_decode(root), config.repeats)
         result["raw_pyarrow"] = raw
@@ -108,7 +111,7 @@ def main(config: BenchConfig) -> dict:
             key = f"workers_{workers}"
             # raw is measured again next to each setting: other jobs' load swings within a run
             adjacent = median_run(lambda: raw_decode(root), config.repeats)
-            loader[key] = median_run(lambda: loader_pass(root, model, config, workers), config.repeats)
+            loader[key] = median_run(lambda: loader_pass(root, model, config, workers, domains), config.repeats)
             loader[key]["raw_steps_per_second"] = adjacent["steps_per_second"]
             loader[key]["raw_cpu_seconds"] = adjacent["cpu_seconds"]
             loader[key]["load_average"] = [round(x, 2) for x in os.getloadavg()]
@@ -124,9 +127,9 @@ def main(config: BenchConfig) -> dict:
         result["cpu_fraction_of_raw"] = {k: round(v["raw_cpu_seconds"] / max(v["cpu_seconds"], 1e-9), 3)
                                          for k, v in loader.items()}
         per_domain = {}
-        for domain in DOMAINS:
+        for domain in domains:
             domain_raw = median_run(lambda: raw_decode(root, domain), config.repeats)
-            domain_loader = median_run(lambda: loader_pass(root, model, config, 1, only=domain), config.repeats)
+            domain_loader = median_run(lambda: loader_pass(root, model, config, 1, domains, only=domain), config.repeats)
             per_domain[domain] = {"steps": domain_raw["steps"], "raw_steps_per_second": domain_raw["steps_per_second"],
                                   "loader_steps_per_second": domain_loader["steps_per_second"],
                                   "loader_tokens_per_second": domain_loader["tokens_per_second"],
@@ -170,11 +173,12 @@ def raw_decode(root: Path, domain: str | None = None) -> dict:
             "decoded_mb_per_second": round(decoded / seconds / 1e6, 1), "cpu_seconds": round(cpu, 3)}
 
 
-def loader_pass(root: Path, model: Path, config: BenchConfig, workers: int, only: str | None = None) -> dict:
+def loader_pass(root: Path, model: Path, config: BenchConfig, workers: int, domains: list[str],
+                only: str | None = None) -> dict:
     """One pass over the dataset through the DataLoader; every step is served once. The
     time to the first batch (forking the workers, their first reads, filling the shuffle
     buffer) is also given on its own, with the rate of the rest of the pass."""
-    weights = () if only is None else tuple(f"{d}={1 if d == only else 0}" for d in DOMAINS)
+    weights = () if only is None else tuple(f"{d}={1 if d == only else 0}" for d in domains)
     data = DataConfig(roots=[str(root)], text_model=str(model), sequence_length=config.sequence_length, passes=1,
                       seed=config.seed, weight=weights)
     loader = make_loader(data, batch_size=config.batch_size, num_workers=workers)
@@ -279,13 +283,38 @@ def median_run(run, repeats: int) -> dict:
 
 # ----------------------------------------------------------------------------- data
 
-def write_quickstart_like(root: Path, config: BenchConfig) -> None:
-    """Tasks shaped like the quickstart's, about as many steps (~520k with the defaults)."""
-    rng = np.random.default_rng(config.seed)
-    babyai = {"obs_discrete": ModalitySpec([148], "int32", n=11), "obs_text": ModalitySpec([], "string")}
+# The quickstart's composition (datasets/quickstart.yaml as collected on 2026-12-03, 510k
+# steps): per task and source, episodes, episodes a file, and their lengths: fixed, uniform
+# in a range, or "bot" (the BabyAI bot's short episodes: 1-34 steps, mode 3, mean 5.7).
+QUICKSTART: tuple[tuple[str, str, int, int, tuple], ...] = (
+    ("babyai/GoToRedBall", "scripted", 6000, 200, ("bot",)),
+    ("babyai/GoToRedBall", "random", 20, 20, ("uniform", 13, 64)),
+    ("babyai/GoToLocal", "scripted", 6000, 200, ("bot",)),
+    ("babyai/GoToLocal", "random", 20, 20, ("uniform", 13, 64)),
+    ("metaworld/reach-v3", "scripted", 200, 50, ("fixed", 500)),
+    ("metaworld/reach-v3", "random", 10, 10, ("fixed", 500)),
+    ("metaworld/push-v3", "scripted", 200, 50, ("fixed", 500)),
+    ("metaworld/push-v3", "random", 10, 10, ("fixed", 500)),
+    ("dmc/cartpole-balance", "training", 20, 20, ("fixed", 1000)),
+    ("dmc/cartpole-balance", "rollout", 144, 16, ("fixed", 1000)),
+    ("dmc/cartpole-balance", "random", 20, 10, ("fixed", 1000)),
+    ("atari/pong", "training", 4, 4, ("uniform", 759, 1035)),
+    ("atari/pong", "rollout", 2, 2, ("uniform", 757, 764)),
+    ("atari/pong", "random", 2, 2, ("uniform", 763, 899)),
+    ("procgen/coinrun", "training", 39, 39, ("uniform", 48, 1000)),
+    ("procgen/coinrun", "rollout", 64, 32, ("uniform", 31, 131)),
+    ("procgen/coinrun", "random", 20, 20, ("uniform", 148, 1000)),
+)
+MISSIONS = [f"go to {article} {color} {thing}" for article in ("the", "a")
+            for color in ("red", "green", "blue", "purple", "yellow", "grey") for thing in ("ball", "box", "key")]
+
+
+def quickstart_specs() -> dict[str, TaskSpec]:
+    """The quickstart tasks' modalities, as its collectors record them."""
+    babyai = {"obs_discrete": ModalitySpec([50], "int32", n=198), "obs_text": ModalitySpec([], "string")}
     metaworld = {"obs_continuous": ModalitySpec([39], "float32")}
     continuous_act = {"act_continuous": ModalitySpec([4], "float32", low=-1, high=1)}
-    specs = {
+    return {
         "babyai/GoToRedBall": TaskSpec("babyai", "BabyAI-GoToRedBall-v0", observation=babyai,
                                        action={"act_discrete": ModalitySpec([1], "int32", n=7)}),
         "babyai/GoToLocal": TaskSpec("babyai", "BabyAI-GoToLocal-v0", observation=babyai,
@@ -296,23 +325,29 @@ def write_quickstart_like(root: Path, config: BenchConfig) -> None:
                                          action={"act_continuous": ModalitySpec([1], "float32", low=-1, high=1)}),
         "atari/pong": TaskSpec("atari", "ALE/Pong-v5", observation={"obs_image": ModalitySpec([84, 84, 4], "uint8")},
                                action={"act_discrete": ModalitySpec([1], "int32", n=6)}),
+        "procgen/coinrun": TaskSpec("procgen", "coinrun", observation={"obs_image": ModalitySpec([64, 64, 3], "uint8")},
+                                    action={"act_discrete": ModalitySpec([1], "int32", n=15)}),
     }
-    half_babyai, half_metaworld = config.babyai_episodes // 2, config.metaworld_episodes // 2
-    plans = {"babyai/GoToRedBall": rng.integers(6, 15, half_babyai).tolist(),
-             "babyai/GoToLocal": rng.integers(10, 21, config.babyai_episodes - half_babyai).tolist(),
-             "metaworld/reach-v3": [500] * half_metaworld,
-             "metaworld/push-v3": [500] * (config.metaworld_episodes - half_metaworld),
-             "dmc/cartpole-balance": [1000] * config.cartpole_episodes,
-             "atari/pong": [config.atari_length] * config.atari_episodes}
+
+
+def write_quickstart_like(root: Path, config: BenchConfig) -> None:
+    """The quickstart's tasks, sources, files and episode lengths (``QUICKSTART``), episodes
+    times ``config.scale``; the values are synthetic but shaped and compressible like the real."""
+    rng = np.random.default_rng(config.seed)
+    specs = quickstart_specs()
     rows = []
-    for task, lengths in plans.items():
-        spec = specs[task]
-        with StepFileWriter(root, task, "part-00000", spec.modalities) as writer:
-            for index, steps in enumerate(_task_steps(spec, lengths, rng)):
-                writer.add(Episode(task=task, steps=steps, rewards=np.zeros(lengths[index], np.float32),
-                                   terminated=_last(lengths[index]), truncated=np.zeros(lengths[index], bool),
-                                   run_id="bench", run_index=index, source="training" if index % 5 else "rollout"))
-        rows += writer.index_rows
+    for task, source, episodes, per_file, lengths_kind in QUICKSTART:
+        spec, count = specs[task], max(1, round(episodes * config.scale))
+        lengths = _episode_lengths(lengths_kind, count, rng)
+        for first in range(0, count, per_file):
+            chunk = lengths[first:first + per_file]
+            with StepFileWriter(root, task, f"{source}-{first // per_file:04d}", spec.modalities) as writer:
+                for offset, steps in enumerate(_task_steps(spec, chunk, rng)):
+                    length = chunk[offset]
+                    writer.add(Episode(task=task, steps=steps, rewards=np.zeros(length, np.float32),
+                                       terminated=_last(length), truncated=np.zeros(length, bool),
+                                       run_id=f"bench-{source}", run_index=first + offset, source=source))
+            rows += writer.index_rows
     write_index(root, index_table(rows))
     write_manifest(root, Manifest(name="loader-bench", tasks=specs))
 
@@ -337,28 +372,66 @@ def write_image_dataset(root: Path, gigabytes: float, seed: int) -> None:
     write_manifest(root, Manifest(name="rss-bench", tasks=tasks))
 
 
+def _episode_lengths(kind: tuple, count: int, rng: np.random.Generator) -> list[int]:
+    if kind[0] == "fixed":
+        return [kind[1]] * count
+    if kind[0] == "uniform":
+        return rng.integers(kind[1], kind[2] + 1, count).tolist()
+    # the bot's: 1 + a negative binomial of mean 4.74 (the quickstart's mean 5.74, mode 3)
+    return np.minimum(1 + rng.negative_binomial(3, 3 / (3 + 4.74), count), 34).tolist()
+
+
 def _task_steps(spec: TaskSpec, lengths: list[int], rng: np.random.Generator):
-    """Each episode's step columns: drawn for the whole task at once (24k small episodes)."""
+    """Each episode's step columns, drawn for the whole chunk at once (BabyAI's are short)."""
     total = sum(lengths)
     ends = np.cumsum(lengths)
     if "obs_discrete" in spec.observation:
-        grid = rng.integers(0, 11, (total, 148), dtype=np.int32)
+        # one code a cell: mostly unseen (0), floor (1) and wall (57), a few objects; then the direction
+        cells = rng.choice([0, 1, 57, -1], size=(total, 49), p=[0.4, 0.3, 0.2, 0.1]).astype(np.int32)
+        cells[cells < 0] = rng.integers(2, 198, int((cells < 0).sum()), dtype=np.int32)
+        grid = np.concatenate([cells, rng.integers(0, 4, (total, 1), dtype=np.int32)], axis=1)
         actions = rng.integers(0, 7, (total, 1), dtype=np.int32)
-        for index, (end, length) in enumerate(zip(ends, lengths)):
-            yield {"obs_discrete": grid[end - length:end], "obs_text": [MISSIONS[index % len(MISSIONS)]] * length,
+        for end, length in zip(ends, lengths):
+            yield {"obs_discrete": grid[end - length:end], "obs_text": [MISSIONS[int(rng.integers(len(MISSIONS)))]] * length,
                    "act_discrete": actions[end - length:end]}
     elif "obs_continuous" in spec.observation:
         width = spec.observation["obs_continuous"].shape[0]
         acting = spec.action["act_continuous"].shape[0]
         noise = rng.normal(0, 0.01, (total, width)).astype(np.float32)
-        actions = rng.uniform(-1, 1, (total, acting)).astype(np.float32)
+        jitter = rng.normal(0, 0.1, (total, acting)).astype(np.float32)
         for end, length in zip(ends, lengths):
+            # smooth trajectories; a third of the values held for the episode (goals, padding)
             t = np.linspace(0, 1, length, dtype=np.float32)[:, None]
-            smooth = np.sin(t * np.arange(1, width + 1, dtype=np.float32))
-            yield {"obs_continuous": smooth + noise[end - length:end], "act_continuous": actions[end - length:end]}
+            observation = np.sin(t * np.arange(1, width + 1, dtype=np.float32)) + noise[end - length:end]
+            observation[:, : width // 3] = rng.uniform(-1, 1, width // 3).astype(np.float32)
+            action = np.clip(np.cos(t * np.arange(1, acting + 1, dtype=np.float32) * 3) + jitter[end - length:end], -1, 1)
+            yield {"obs_continuous": observation, "act_continuous": action}
     else:
+        frames = pong_frames if spec.observation["obs_image"].shape[-1] == 4 else coinrun_frames
+        actions = spec.action["act_discrete"].n
         for length in lengths:
-            yield {"obs_image": pong_frames(length, rng), "act_discrete": rng.integers(0, 6, (length, 1), dtype=np.int32)}
+            yield {"obs_image": frames(length, rng), "act_discrete": rng.integers(0, actions, (length, 1), dtype=np.int32)}
+
+
+def coinrun_frames(length: int, rng: np.random.Generator) -> np.ndarray:
+    """64x64 RGB: a sky gradient, textured ground and crates scrolling with the agent, the
+    agent's sprite; compresses about like the quickstart's coinrun frames (~1 KB a step)."""
+    width = 64 * 8
+    world = np.empty((64, width, 3), np.uint8)
+    world[:] = np.linspace(rng.integers(90, 160), 230, 64, dtype=np.uint8)[:, None, None]
+    world[..., 2] = 250
+    texture = rng.integers(60, 120, (8, 8, 3), dtype=np.uint8)
+    ground = np.tile(texture, (2, width // 8, 1))
+    world[48:] = ground
+    for x in rng.integers(0, width - 8, 12):
+        world[40:48, x:x + 8] = texture[::-1] + 60
+    scroll = np.clip(np.cumsum(rng.integers(-1, 3, length)), 0, width - 64)
+    hop = np.abs(np.sin(np.arange(length) / 5) * 10).astype(int)
+    frames = np.stack([world[:, s:s + 64] for s in scroll])
+    for k in range(length):
+        frames[k, 36 - hop[k]:44 - hop[k], 28:34] = (220, 180, 40)
+    frames[:, :8] += rng.integers(0, 4, (length, 8, 64, 3), dtype=np.uint8)  # the sky's fine detail
+    return frames
 
 
 def pong_frames(length: int, rng: np.random.Generator) -> np.ndarray:
