@@ -46,7 +46,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import tempfile
 import threading
 import time
