@@ -51,6 +51,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import psutil
@@ -101,8 +102,9 @@ def main(config: BenchConfig) -> dict:
         domains = sorted({task.split("/")[0] for task in index["task"].to_pylist()})
         result: dict = {"benchmark": "loader", "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                                            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
-                        "config": vars(config), "dataset": {"root": config.root or "synthetic quickstart", "steps": steps, "bytes_on_disk": _disk_bytes(root),
-                                                            "build_seconds": round(build_seconds, 2)}}
+                        "config": vars(config),
+                        "dataset": {"root": config.root or "synthetic quickstart", "steps": steps,
+                                    "bytes_on_disk": _disk_bytes(root), "build_seconds": round(build_seconds, 2)}}
         raw = median_run(lambda: raw_decode(root), config.repeats)
         result["raw_pyarrow"] = raw
         loader = {}
@@ -282,10 +284,19 @@ def median_run(run, repeats: int) -> dict:
 
 # ----------------------------------------------------------------------------- data
 
-# The quickstart's composition (datasets/quickstart.yaml as collected on 2026-12-03, 510k
-# steps): per task and source, episodes, episodes a file, and their lengths: fixed, uniform
-# in a range, or "bot" (the BabyAI bot's short episodes: 1-34 steps, mode 3, mean 5.7).
-QUICKSTART: tuple[tuple[str, str, int, int, tuple], ...] = (
+class QuickstartPart(NamedTuple):
+    """Episodes of one quickstart task and source, as its collectors wrote them."""
+
+    task: str
+    source: str
+    episodes: int
+    per_file: int
+    lengths: tuple
+    """("fixed", n), ("uniform", low, high) or ("bot",): the BabyAI bot's short episodes (1-34 steps, mode 3, mean 5.7)"""
+
+
+# The quickstart's composition (datasets/quickstart.yaml as collected on 2026-12-03, 510k steps)
+QUICKSTART: tuple[QuickstartPart, ...] = tuple(QuickstartPart(*part) for part in (
     ("babyai/GoToRedBall", "scripted", 6000, 200, ("bot",)),
     ("babyai/GoToRedBall", "random", 20, 20, ("uniform", 13, 64)),
     ("babyai/GoToLocal", "scripted", 6000, 200, ("bot",)),
@@ -303,29 +314,29 @@ QUICKSTART: tuple[tuple[str, str, int, int, tuple], ...] = (
     ("procgen/coinrun", "training", 39, 39, ("uniform", 48, 1000)),
     ("procgen/coinrun", "rollout", 64, 32, ("uniform", 31, 131)),
     ("procgen/coinrun", "random", 20, 20, ("uniform", 148, 1000)),
-)
+))
 MISSIONS = [f"go to {article} {color} {thing}" for article in ("the", "a")
             for color in ("red", "green", "blue", "purple", "yellow", "grey") for thing in ("ball", "box", "key")]
 
 
 def quickstart_specs() -> dict[str, TaskSpec]:
-    """The quickstart tasks' modalities, as its collectors record them."""
-    babyai = {"obs_discrete": ModalitySpec([50], "int32", n=198), "obs_text": ModalitySpec([], "string")}
+    """The quickstart tasks' modalities, as the experts registry gives them (a test compares)."""
+    babyai = {"obs_discrete": ModalitySpec([50], "int32", low=0, high=197, n=198), "obs_text": ModalitySpec([], "string")}
     metaworld = {"obs_continuous": ModalitySpec([39], "float32")}
     continuous_act = {"act_continuous": ModalitySpec([4], "float32", low=-1, high=1)}
     return {
         "babyai/GoToRedBall": TaskSpec("babyai", "BabyAI-GoToRedBall-v0", observation=babyai,
-                                       action={"act_discrete": ModalitySpec([1], "int32", n=7)}),
+                                       action={"act_discrete": ModalitySpec([1], "int32", low=0, high=6, n=7)}),
         "babyai/GoToLocal": TaskSpec("babyai", "BabyAI-GoToLocal-v0", observation=babyai,
-                                     action={"act_discrete": ModalitySpec([1], "int32", n=7)}),
+                                     action={"act_discrete": ModalitySpec([1], "int32", low=0, high=6, n=7)}),
         "metaworld/reach-v3": TaskSpec("metaworld", "reach-v3", observation=metaworld, action=continuous_act),
         "metaworld/push-v3": TaskSpec("metaworld", "push-v3", observation=metaworld, action=continuous_act),
         "dmc/cartpole-balance": TaskSpec("dmc", "cartpole-balance", observation={"obs_continuous": ModalitySpec([5], "float32")},
                                          action={"act_continuous": ModalitySpec([1], "float32", low=-1, high=1)}),
-        "atari/pong": TaskSpec("atari", "ALE/Pong-v5", observation={"obs_image": ModalitySpec([84, 84, 4], "uint8")},
-                               action={"act_discrete": ModalitySpec([1], "int32", n=6)}),
-        "procgen/coinrun": TaskSpec("procgen", "coinrun", observation={"obs_image": ModalitySpec([64, 64, 3], "uint8")},
-                                    action={"act_discrete": ModalitySpec([1], "int32", n=15)}),
+        "atari/pong": TaskSpec("atari", "ALE/Pong-v5", observation={"obs_image": ModalitySpec([84, 84, 4], "uint8", low=0, high=255)},
+                               action={"act_discrete": ModalitySpec([1], "int32", low=0, high=5, n=6)}),
+        "procgen/coinrun": TaskSpec("procgen", "coinrun", observation={"obs_image": ModalitySpec([64, 64, 3], "uint8", low=0, high=255)},
+                                    action={"act_discrete": ModalitySpec([1], "int32", low=0, high=14, n=15)}),
     }
 
 
