@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -41,3 +46,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def repo_script():
+    """Imports a script that is not in a package (scripts/, bench/) by its path in the repo,
+    without putting its folder on sys.path (bench/experts.py would shadow the experts package)."""
+
+    def load(relative: str):
+        spec = importlib.util.spec_from_file_location("gatoforge_" + Path(relative).stem, REPO / relative)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -3,8 +3,6 @@ counts and modality layouts (its BabyAI part once kept a layout the collectors h
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -14,16 +12,8 @@ from experts.registry import get_task
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("gatoforge_bench_loader", REPO / "bench" / "loader.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_bench_data_has_the_quickstart_tasks_episode_counts_and_layouts():
-    bench = _bench_module()
+def test_bench_data_has_the_quickstart_tasks_episode_counts_and_layouts(repo_script):
+    bench = repo_script("bench/loader.py")
     plans = {plan.task: plan for plan in load_spec(REPO / "datasets" / "quickstart.yaml").tasks}
     episodes = Counter()
     for part in bench.QUICKSTART:

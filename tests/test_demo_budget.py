@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
 
 
-def _demo_module():
-    spec = importlib.util.spec_from_file_location("gatoforge_demo", REPO / "scripts" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_training_is_skipped_when_the_total_budget_leaves_only_evaluation_time(tmp_path, capsys):
-    demo = _demo_module()
+def test_training_is_skipped_when_the_total_budget_leaves_only_evaluation_time(tmp_path, capsys, repo_script):
+    demo = repo_script("scripts/demo.py")
     config = demo.DemoConfig(out=str(tmp_path), train_minutes=27, total_minutes=44, eval_minutes=5)
     started = time.perf_counter() - 40 * 60  # collection took 40 minutes: 39 - 40 < 0 left to train
     note = demo._train(config, tmp_path, demo_start=started)
