@@ -43,9 +43,10 @@ def paper_token(x: float) -> int:
 
 
 def test_layout_ids_are_disjoint_and_in_one_place():
-    assert (LAYOUT.continuous_offset, LAYOUT.separator, LAYOUT.image_placeholder, LAYOUT.pad) == (32000, 33024, 33025, 33026)
-    assert LAYOUT.vocab_size == VOCAB_SIZE == 33027
-    assert len({SEPARATOR, IMAGE_PLACEHOLDER, PAD}) == 3
+    assert (LAYOUT.continuous_offset, LAYOUT.separator, LAYOUT.image_placeholder, LAYOUT.pad,
+            LAYOUT.vector_observation) == (32000, 33024, 33025, 33026, 33027)
+    assert LAYOUT.vocab_size == VOCAB_SIZE == 33028
+    assert len({SEPARATOR, IMAGE_PLACEHOLDER, PAD, LAYOUT.vector_observation}) == 4
 
 
 @pytest.mark.parametrize("value", [0.0, 1.0, -1.0, 1e6, -1e6, 1e-12, -1e-12, 3e-7, 0.5, -7.25, 255.9, 256.0, 257.0])

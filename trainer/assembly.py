@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from trainer.patches import patch_intervals
-from trainer.tokenizer import IMAGE_PLACEHOLDER, PAD
+from trainer.tokenizer import IMAGE_PLACEHOLDER, PAD, VECTOR_WIDTH
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class BatchLayout:
     frame_bytes: int
     observation_targets: bool = False
     provenance: bool = False
+    vectors: bool = False
 
     @staticmethod
     @functools.lru_cache(maxsize=1024)
@@ -64,7 +65,7 @@ class BatchLayout:
 
     def key(self) -> tuple:
         return (self.size, self.length, self.patches, self.frames, self.frame_bytes, self.observation_targets,
-                self.provenance)
+                self.provenance, self.vectors)
 
     def views(self, buffer: np.ndarray) -> dict[str, np.ndarray]:
         """Numpy views of the arrays inside ``buffer`` (uint8, at least ``nbytes``; each view's
@@ -81,10 +82,11 @@ class BatchLayout:
 
     @staticmethod
     def max_bytes(size: int, length: int, patches_per_sequence: int, frames_per_sequence: int,
-                  frame_bytes_per_sequence: int, observation_targets: bool = False, provenance: bool = False) -> int:
+                  frame_bytes_per_sequence: int, observation_targets: bool = False, provenance: bool = False,
+                  vectors: bool = False) -> int:
         """The largest batch of these sizes (what shared memory must hold for it)."""
         return BatchLayout(size, length, size * patches_per_sequence, size * frames_per_sequence,
-                           size * frame_bytes_per_sequence, observation_targets, provenance).nbytes
+                           size * frame_bytes_per_sequence, observation_targets, provenance, vectors).nbytes
 
 
 def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray],
@@ -109,6 +111,7 @@ class BatchWriter:
         self.observation_targets = observation_targets
         self.length = sampler.settings.sequence_length
         self.provenance = sampler.settings.provenance
+        self.vectors = any(layout.vector_values for layout in sampler.catalog.layouts.values())
         self.plans: list = []
         self.batch_rows: list[int] = []
         # the slices of every piece's ids, local positions and loss mask (and a short row's
@@ -118,6 +121,7 @@ class BatchWriter:
         self.losses: list[np.ndarray] = []
         self.images: list[tuple] = []  # (row, unit, step layout, start, end, first step, last step) of pieces with patches
         self.jobs: list[tuple] = []  # (row, column, piece, unit) of every piece, for provenance
+        self.vector_pieces: list[tuple] = []  # (row, column, unit, start, end) of pieces with vector observations
         self.short: list[tuple[int, int]] = []  # (row, real tokens) of rows a finite stream left part-filled
         self.image_bytes = 0  # at least the bytes of the image pieces' frames and patch arrays
 
@@ -145,6 +149,8 @@ class BatchWriter:
                     first, last = unit.step_of(start), unit.step_of(end)  # pieces start on a timestep; ``end``'s step
                     images.append((row, unit, layout, start, end, first, last))
                     self.image_bytes += (last - first + 1) * (unit.steps.frames[0].size + 8) + 16 * (end - start)
+                if layout.vector_values:
+                    self.vector_pieces.append((row, column, unit, start, end))
                 if provenance:
                     jobs.append((row, column, piece, unit))
                 column += end - start
@@ -163,7 +169,7 @@ class BatchWriter:
         """The bytes ``write`` will take, give or take the arrays' alignment: images are counted
         high (a frame a piece and a patch a token), so a bundle capped by it stays under its cap."""
         rows = len(self.plans)
-        return (BatchLayout.of(rows, self.length, 0, 0, 0, self.observation_targets, self.provenance).nbytes
+        return (BatchLayout.of(rows, self.length, 0, 0, 0, self.observation_targets, self.provenance, self.vectors).nbytes
                 + self.image_bytes)
 
     def write(self, buffer_for: Callable[[int], np.ndarray]) -> tuple[BatchLayout, list[int]]:
@@ -188,7 +194,7 @@ class BatchWriter:
                     shapes[row] = layout.image_shape
                     cuts.append((unit, layout, first, whole, cut))
         batch = BatchLayout.of(size, length, sum(counts) if counts else 0, len(per_frame), frame_bytes,
-                               self.observation_targets, self.provenance)
+                               self.observation_targets, self.provenance, self.vectors)
         out = batch.views(buffer_for(batch.nbytes))
         tokens, local, loss = out["tokens"], out["local_positions"], out["loss_mask"]
         if counts is None:  # no image tokens: the per-image arrays are empty
@@ -208,6 +214,8 @@ class BatchWriter:
         np.concatenate(self.losses, out=loss.reshape(-1))
         if cuts:
             _write_images(cuts, out)
+        if self.vectors:
+            _write_vectors(self.vector_pieces, out["obs_vectors"])
         attention = out["attention_mask"]
         attention.fill(True)
         real = [rows * length for rows in self.batch_rows]
@@ -334,7 +342,7 @@ def _pack(specs: tuple) -> tuple[dict[str, tuple[int, tuple[int, ...], np.dtype]
 
 @functools.lru_cache(maxsize=1024)
 def _fields(size: int, length: int, patches: int, frames: int, frame_bytes: int, observation_targets: bool,
-            provenance: bool):
+            provenance: bool, vectors: bool):
     b, l = size, length
     specs = (("tokens", (b, l), np.int64), ("local_positions", (b, l), np.int64), ("num_patches", (b,), np.int64),
              ("image_shapes", (b, 3), np.int64), ("num_frames", (b,), np.int64), ("frame_patches", (frames,), np.int64),
@@ -346,7 +354,18 @@ def _fields(size: int, length: int, patches: int, frames: int, frame_bytes: int,
     if provenance:
         specs += (("token_episode", (b, l), np.int64), ("token_offset", (b, l), np.int64), ("is_prompt", (b, l), np.bool_),
                   ("prompt_kind", (b,), np.int64))
+    if vectors:
+        specs += (("obs_vectors", (b, l, VECTOR_WIDTH), np.float32),)
     return _pack(specs)
+
+
+def _write_vectors(pieces: list, out: np.ndarray) -> None:
+    """Each piece's vector observations at their VECTOR_OBSERVATION tokens (the first token of
+    a timestep), zeros everywhere else."""
+    out.fill(0)
+    for row, column, unit, start, end in pieces:
+        at, values = unit.steps.vectors_in(start, end)
+        out[row, at + column, :values.shape[1]] = values
 
 
 def _write_provenance(plans: list, jobs: list, out: dict[str, np.ndarray]) -> None:

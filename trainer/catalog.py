@@ -115,7 +115,7 @@ class Catalog:
     """Episode index of several roots as numpy columns, plus unit reading."""
 
     def __init__(self, roots: list[str], text_model: TextTokenizer | None = None, max_text_tokens: int = 128,
-                 success_tail: int | None = None) -> None:
+                 success_tail: int | None = None, vector_observations: bool = False) -> None:
         if not roots:
             raise ValueError("no dataset roots given")
         self.roots = [str(r) for r in roots]
@@ -173,7 +173,7 @@ class Catalog:
         empty = self.episode_length <= 0
         if empty.any():
             log.warning("skipping %d episode(s) of length 0", int(empty.sum()))
-        self.layouts = {task: StepLayout.of(self.specs[task]) for task in self.task_names}
+        self.layouts = {task: _layout(task, self.specs[task], vector_observations) for task in self.task_names}
         self._footers: dict[int, np.ndarray] = {}
         self._open: OrderedDict[int, pq.ParquetFile] = OrderedDict()
         self._groups: dict[int, OrderedDict[tuple, pa.Table]] = {}  # task code -> (file, group, columns) -> table
@@ -432,6 +432,13 @@ def read_image_row_group(parquet: pq.ParquetFile, group: int, columns: list[str]
     arrays = [pa.Array.from_buffers(pa.binary(), rows, [None, pa.py_buffer(ends.astype(np.int32)), pa.py_buffer(frames)])
               if index == image else pa.concat_arrays(part) for index, part in enumerate(parts)]
     return pa.Table.from_arrays(arrays, names=columns)
+
+
+def _layout(task: str, spec: TaskSpec, vector_observations: bool) -> StepLayout:
+    try:
+        return StepLayout.of(spec, vector_observations)
+    except ValueError as error:
+        raise ValueError(f"task {task}: {error}") from None
 
 
 def table_to_steps(table: pa.Table, spec: TaskSpec, buffer_for: Callable[[int], np.ndarray] | None = None) -> dict:

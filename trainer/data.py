@@ -36,6 +36,10 @@ N, F and the bytes vary from batch to batch (no padding slots). Iterating GatoDa
 without a batch size gives single sequences, the (B, ...) keys without B and the frame and
 patch keys of that sequence; ``collate_sequences`` batches them (a DataLoader's ``collate_fn``).
 
+With ``vector_observations=True`` (JAT's observation embedding) one more key comes along:
+``obs_vectors`` float32 (B, L, VECTOR_WIDTH), the raw obs_continuous values (zero-padded) at
+each VECTOR_OBSERVATION token and zeros elsewhere.
+
 With ``observation_targets=True`` (JAT's kappa, Dynalang's next-observation prediction) two
 more keys come along: ``obs_targets`` int64 (B, L) (the token ids) and ``obs_target_mask`` bool
 (B, L), True on observation tokens that are not text and not the first token; at image
@@ -139,6 +143,10 @@ class DataConfig:
     succeed by step 40-70 of 500, so whole episodes spend most windows on an arm at rest"""
     prompt_pool_units: int = 3
     """read units per task kept for drawing prompts (memory: about this many row groups per task)"""
+    vector_observations: bool = False
+    """JAT's observation embedding: each timestep's obs_continuous values are one
+    VECTOR_OBSERVATION token carrying the raw floats (obs_vectors), not a token per value
+    (Gato). A Meta-World step is 6 tokens instead of 44, so a sequence holds 7x the steps"""
     observation_targets: bool = False
     """also yield next-observation targets (obs_targets, obs_target_mask)"""
     provenance: bool = False
@@ -192,7 +200,8 @@ class GatoDataset(IterableDataset):
             raise ValueError(f"rank={rank} is not in [0, world_size={world_size})")
         self.rank, self.world_size = rank, world_size
         self.text_model = TextTokenizer.load(config.text_model) if config.text_model else None
-        self.catalog = Catalog(config.roots, self.text_model, config.max_text_tokens, config.success_tail)
+        self.catalog = Catalog(config.roots, self.text_model, config.max_text_tokens, config.success_tail,
+                               config.vector_observations)
         with_text = [t for t, layout in self.catalog.layouts.items() if layout.has_text]
         if with_text and self.text_model is None:
             raise ValueError(f"tasks {with_text} have obs_text: pass text_model (fit one with "
@@ -426,7 +435,8 @@ class SequenceLoader:
             return None
         dataset = self.dataset
         most = BatchLayout.max_bytes(self.batch_size, dataset.config.sequence_length, dataset.max_patches,
-                                     *dataset.max_frames, dataset.config.observation_targets, dataset.config.provenance)
+                                     *dataset.max_frames, dataset.config.observation_targets, dataset.config.provenance,
+                                     dataset.config.vector_observations)
         arena = (self._prefetch() + RING_SPARE_MESSAGES) * (most + BUNDLE_BYTES)
         store = dataset.catalog.bytes_held(dataset.config.prompt_pool_units + STORE_EXTRA_UNITS)
         return BatchRing.claim(self.num_workers, min(max(arena, RING_MIN_BYTES), RING_MAX_BYTES),

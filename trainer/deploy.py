@@ -21,7 +21,7 @@ far bins, which decode to values up to +-256, and commutes with the mu-law).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ from trainer.tokenizer import (
     CONTINUOUS_BINS,
     CONTINUOUS_OFFSET,
     MAX_CHANNELS,
+    VECTOR_WIDTH,
+    StepLayout,
     action_token_ranges,
     decode_action,
     tokenize_observation,
@@ -59,6 +61,12 @@ class TokenChunk:
     patches: np.ndarray          # (P, 4, 16, 16) float32
     patch_rows: np.ndarray       # (P, 2)
     patch_cols: np.ndarray       # (P, 2)
+    vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, VECTOR_WIDTH), np.float32))
+    """(n, VECTOR_WIDTH) float32: the values of VECTOR_OBSERVATION tokens, zeros elsewhere"""
+
+    def __post_init__(self) -> None:
+        if len(self.vectors) != len(self.tokens):  # built without vectors: none of its tokens carries one
+            self.vectors = np.zeros((len(self.tokens), VECTOR_WIDTH), np.float32)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -72,7 +80,8 @@ class TokenChunk:
         return TokenChunk(*(np.concatenate((a, b)) for a, b in zip(self.astuple(), other.astuple())))
 
     def astuple(self) -> tuple[np.ndarray, ...]:
-        return (self.tokens, self.local_positions, self.is_image, self.patches, self.patch_rows, self.patch_cols)
+        return (self.tokens, self.local_positions, self.is_image, self.patches, self.patch_rows, self.patch_cols,
+                self.vectors)
 
 
 class GatoAgent:
@@ -99,6 +108,7 @@ class GatoAgent:
         self.temperature = temperature
         self.continuous_decoding = continuous_decoding
         self.max_text_tokens = max_text_tokens
+        self.vector_observations = model.config.vector_observations
         self.ranges = action_token_ranges(spec)  # (A, 2) valid [low, high) per action token
         continuous = (self.ranges[:, 0] == CONTINUOUS_OFFSET) & (self.ranges[:, 1] == CONTINUOUS_OFFSET + CONTINUOUS_BINS)
         self.take_median = continuous & (continuous_decoding == "median")  # (A,) per action position
@@ -131,9 +141,10 @@ class GatoAgent:
             raise ValueError(f"{len(observations)} observations for a batch of {len(self.pending)} episodes")
         chunks = []
         for observation, pending in zip(observations, self.pending):
-            obs = tokenize_observation(observation, self.spec, self.text_model, self.max_text_tokens)
+            obs = tokenize_observation(observation, self.spec, self.text_model, self.max_text_tokens,
+                                       self.vector_observations)
             chunk = pending + TokenChunk(obs.tokens, obs.local_positions, obs.is_image, obs.patches,
-                                         obs.patch_rows, obs.patch_cols)
+                                         obs.patch_rows, obs.patch_cols, obs.vectors)
             if len(chunk) > self.context:  # a prompt plus a first observation: keep the latest tokens
                 chunk = _tail(chunk, self.context)
             chunks.append(chunk)
@@ -155,9 +166,10 @@ class GatoAgent:
         """Logits (B, n_allowed) after feeding equally long chunks, one per cache row."""
         columns = list(zip(*(chunk.astuple() for chunk in chunks)))
         rows = [np.stack(c) for c in columns[:3]]  # tokens, local positions, is_image: (B, n) each
-        flat = [np.concatenate(c) for c in columns[3:]]  # patches and intervals, row-major like is_image
+        flat = [np.concatenate(c) for c in columns[3:6]]  # patches and intervals, row-major like is_image
         tensors = [torch.from_numpy(a).to(self.device) for a in rows + flat]
-        return self.model.next_token_logits(*tensors, self.cache, allowed)
+        vectors = torch.from_numpy(np.stack(columns[6])).to(self.device) if self.vector_observations else None
+        return self.model.next_token_logits(*tensors, self.cache, allowed, vectors=vectors)
 
     def _sample(self, logits: torch.Tensor) -> np.ndarray:
         """(B,) indices into the allowed ids: argmax at temperature 0, else sampled."""
@@ -170,7 +182,7 @@ class GatoAgent:
 def demonstration_prompt(dataset: Dataset, task: str, spec: TaskSpec, text_model: TextTokenizer | None,
                          max_tokens: int, where: str = "end", max_text_tokens: int = 128,
                          episode_id: int | None = None, min_steps: int = 1,
-                         success_tail: int | None = None) -> tuple[TokenChunk, int]:
+                         success_tail: int | None = None, vector_observations: bool = False) -> tuple[TokenChunk, int]:
     """Whole timesteps of a successful demonstration of ``task``, at most ``max_tokens`` tokens
     but at least ``min_steps`` timesteps (as the loader's prompts):
     its last timesteps (``where="end"``, the goal-conditioning prompt the loader trains with) or
@@ -189,7 +201,8 @@ def demonstration_prompt(dataset: Dataset, task: str, spec: TaskSpec, text_model
     if success_tail is not None and episode.success_step is not None:
         keep = int(trim_after_success(np.array([episode.length]), np.array([episode.success_step]), success_tail)[0])
         steps = {name: values[:keep] for name, values in steps.items()}
-    run = tokenize_steps(steps, spec, text_model, actions=True, max_text_tokens=max_text_tokens)
+    run = tokenize_steps(steps, spec, text_model, actions=True, max_text_tokens=max_text_tokens,
+                         layout=StepLayout.of(spec, vector_observations))
     offsets = run.step_offsets
     if where == "start":
         first = 0
@@ -204,7 +217,7 @@ def demonstration_prompt(dataset: Dataset, task: str, spec: TaskSpec, text_model
     start, end = int(offsets[first]), int(offsets[last])
     tokens = run.tokens[start:end].astype(np.int64)
     is_image = np.zeros(len(tokens), bool)
-    patches, rows, cols = TokenChunk.empty().astuple()[3:]
+    patches, rows, cols = TokenChunk.empty().astuple()[3:6]
     if run.frames is not None:
         layout = run.layout
         for step in range(first, last):
@@ -214,7 +227,8 @@ def demonstration_prompt(dataset: Dataset, task: str, spec: TaskSpec, text_model
         patches = normalize_patches(pixels.reshape(-1, *pixels.shape[2:]))
         r, c = patch_intervals(layout.image_shape[:2])
         rows, cols = np.tile(r, (last - first, 1)), np.tile(c, (last - first, 1))
-    return TokenChunk(tokens, run.local_positions[start:end].astype(np.int64), is_image, patches, rows, cols), episode_id
+    return TokenChunk(tokens, run.local_positions[start:end].astype(np.int64), is_image, patches, rows, cols,
+                      run.dense_vectors(start, end)), episode_id
 
 
 def best_episode(dataset: Dataset, task: str) -> int:
@@ -259,13 +273,14 @@ def _tail(chunk: TokenChunk, n: int) -> TokenChunk:
     drop = len(chunk) - n
     dropped_patches = int(chunk.is_image[:drop].sum())
     return TokenChunk(chunk.tokens[drop:], chunk.local_positions[drop:], chunk.is_image[drop:],
-                      chunk.patches[dropped_patches:], chunk.patch_rows[dropped_patches:], chunk.patch_cols[dropped_patches:])
+                      chunk.patches[dropped_patches:], chunk.patch_rows[dropped_patches:], chunk.patch_cols[dropped_patches:],
+                      chunk.vectors[drop:])
 
 
 def _action_token(token: int) -> TokenChunk:
     empty = TokenChunk.empty()
     return TokenChunk(np.asarray([token], np.int64), np.asarray([-1], np.int64), np.zeros(1, bool),
-                      empty.patches, empty.patch_rows, empty.patch_cols)
+                      empty.patches, empty.patch_rows, empty.patch_cols, np.zeros((1, VECTOR_WIDTH), np.float32))
 
 
 def _equals(table, column: str, value: str):

@@ -161,7 +161,8 @@ def evaluate_task(config: EvalConfig, task: str, env_factory: EnvFactory | None 
     context = config.context or info["context"]
     prompt_tokens = config.prompt_tokens if config.prompt_tokens is not None else int(context * info["prompt_fraction"])
     prompt, demo_id = demonstration_prompt(dataset, task, spec, text_model, prompt_tokens, config.prompt_from,
-                                           info["max_text_tokens"], success_tail=info["success_tail"])
+                                           info["max_text_tokens"], success_tail=info["success_tail"],
+                                           vector_observations=model.config.vector_observations)
     agent = GatoAgent(model, spec, text_model, context=context, temperature=config.temperature, seed=config.seed,
                       max_text_tokens=info["max_text_tokens"], continuous_decoding=config.continuous_decoding)
     factory = env_factory or load_env_factory(config.env_factory)

@@ -36,7 +36,15 @@ import torch.nn.functional as F
 import tyro
 
 from trainer.patches import frames_to_patches
-from trainer.tokenizer import CONTINUOUS_BINS, CONTINUOUS_OFFSET, MAX_CHANNELS, MAX_LOCAL_POSITIONS, VOCAB_SIZE
+from trainer.tokenizer import (
+    CONTINUOUS_BINS,
+    CONTINUOUS_OFFSET,
+    MAX_CHANNELS,
+    MAX_LOCAL_POSITIONS,
+    VECTOR_OBSERVATION,
+    VECTOR_WIDTH,
+    VOCAB_SIZE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +66,7 @@ class GatoConfig:
     block_size: int = 1024
     """context length in tokens (Gato: 1024)"""
     vocab_size: int = VOCAB_SIZE
-    """text + continuous bins + separator + image placeholder + pad (trainer.tokenizer.VOCAB_SIZE)"""
+    """text + continuous bins + separator + image placeholder + pad + vector observation (trainer.tokenizer.VOCAB_SIZE)"""
     max_obs_tokens: int = MAX_LOCAL_POSITIONS
     """learned local observation positions (the tokenizer keeps observations within this many tokens)"""
     patch_size: int = 16
@@ -81,6 +89,13 @@ class GatoConfig:
     the ids a target (an action or a text token) can take when the text model has at most
     head_vocab pieces; None = the whole vocabulary (Gato). A small text model leaves most of
     the 32000 text ids unused, and their logits cost most of a small model's step"""
+    vector_observations: bool = False
+    """embed each VECTOR_OBSERVATION token from the raw values it carries (JAT: one token per
+    continuous observation; the loader's ``vector_observations`` makes them). Set by the trainer
+    from the loader config, so the two always agree"""
+    vector_frequencies: int = 8
+    """sine/cosine octaves per value in the vector encoder: features that change over ~1 cm of a
+    Meta-World position, which a linear map of the raw value alone resolves poorly"""
 
     def __post_init__(self) -> None:
         problems = []
@@ -175,8 +190,29 @@ def interval_bins(intervals: torch.Tensor, bins: int, sample: bool) -> torch.Ten
     return idx.long().clamp(0, bins - 1)
 
 
+class VectorEncoder(nn.Module):
+    """A whole continuous observation (VECTOR_WIDTH raw values, zero-padded) -> one token
+    vector: per value its symlog and sine/cosine octaves of it, then a two-layer MLP (JAT embeds
+    continuous observations with a linear layer; the octaves give it the precision a
+    1024-bin token per value had)."""
+
+    def __init__(self, config: GatoConfig) -> None:
+        super().__init__()
+        self.register_buffer("scales", math.pi * 2.0 ** torch.arange(config.vector_frequencies), persistent=False)
+        features = VECTOR_WIDTH * (1 + 2 * config.vector_frequencies)
+        self.inp = nn.Linear(features, config.n_embd)
+        self.out = nn.Linear(config.n_embd, config.n_embd)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:  # (N, VECTOR_WIDTH) -> (N, C)
+        s = torch.sign(values) * torch.log1p(values.abs())
+        angles = s.unsqueeze(-1) * self.scales  # (N, W, F)
+        features = torch.cat([s.unsqueeze(-1), angles.sin(), angles.cos()], dim=-1).flatten(1)
+        return self.out(F.gelu(self.inp(features.to(self.inp.weight.dtype))))
+
+
 class GatoEmbedding(nn.Module):
-    """Tokens -> vectors: one table for text/discrete/continuous/separator, patches via a ResNet."""
+    """Tokens -> vectors: one table for text/discrete/continuous/separator, patches via a ResNet,
+    vector observations (when configured) via an MLP."""
 
     def __init__(self, config: GatoConfig) -> None:
         super().__init__()
@@ -186,12 +222,24 @@ class GatoEmbedding(nn.Module):
         self.row = nn.Embedding(config.position_bins, config.n_embd)
         self.col = nn.Embedding(config.position_bins, config.n_embd)
         self.local = nn.Embedding(config.max_obs_tokens, config.n_embd)
+        self.vector = VectorEncoder(config) if config.vector_observations else None
 
     def forward(self, tokens: torch.Tensor, local_positions: torch.Tensor, is_image: torch.Tensor,
-                patches: torch.Tensor, patch_rows: torch.Tensor, patch_cols: torch.Tensor) -> torch.Tensor:
+                patches: torch.Tensor, patch_rows: torch.Tensor, patch_cols: torch.Tensor,
+                vectors: torch.Tensor | None = None) -> torch.Tensor:
         """tokens, local_positions, is_image: (B, T); patches (N, C_max, 16, 16) in the order of
-        the True entries of is_image (row-major); patch_rows/cols (N, 2)."""
+        the True entries of is_image (row-major); patch_rows/cols (N, 2); vectors (B, T,
+        VECTOR_WIDTH), read at VECTOR_OBSERVATION tokens."""
         x = self.wte(tokens)  # (B, T, C)
+        if self.vector is not None and (self.training or vectors is not None):
+            is_vector = tokens == VECTOR_OBSERVATION
+            if vectors is None:  # a batch without vector tasks: an empty pass keeps every parameter in the graph
+                vectors = x.new_zeros((*tokens.shape, VECTOR_WIDTH))
+            ve = self.vector(vectors[is_vector])  # (n, C)
+            x = x.index_put((is_vector,), x[is_vector] + ve.to(x.dtype))
+        elif vectors is not None and (tokens == VECTOR_OBSERVATION).any():
+            raise ValueError("the input has vector observations but the model was built without "
+                             "vector_observations: train it with loader.vector_observations: true")
         # in training even for N = 0, so every parameter is in the graph (DDP needs that);
         # acting without images skips the empty patch pass
         if self.training or patches.shape[0]:
@@ -398,7 +446,7 @@ class Gato(nn.Module):
             block.compile()
 
     def hidden_states(self, tokens, local_positions, is_image, patches, patch_rows, patch_cols,
-                      cache: KVCache | None = None) -> torch.Tensor:
+                      cache: KVCache | None = None, vectors: torch.Tensor | None = None) -> torch.Tensor:
         """Final-layer states (B, T, C) after ln_f. With a cache, tokens continue the cached context."""
         B, T = tokens.shape
         if cache is None:
@@ -408,7 +456,7 @@ class Gato(nn.Module):
         else:
             positions = cache.start(T, tokens.device)
         cos, sin = rotary(positions, self.config.n_embd // self.config.n_head, self.config.rope_base)
-        x = self.drop(self.embed(tokens, local_positions, is_image, patches, patch_rows, patch_cols))
+        x = self.drop(self.embed(tokens, local_positions, is_image, patches, patch_rows, patch_cols, vectors))
         for block in self.blocks:
             x = block(x, cos, sin, cache)
         return self.ln_f(x)  # (B, T, C)
@@ -417,7 +465,8 @@ class Gato(nn.Module):
         """Loss of a loader batch (trainer-contract.md). The head runs only where the loss is."""
         patches, rows, cols = real_patches(batch)
         tokens = batch["tokens"]
-        h = self.hidden_states(tokens, batch["local_positions"], batch["is_image"], patches, rows, cols)
+        h = self.hidden_states(tokens, batch["local_positions"], batch["is_image"], patches, rows, cols,
+                               vectors=batch.get("obs_vectors"))
         # token l is predicted from positions < l: states [:, :-1] predict tokens [:, 1:]
         live = batch["attention_mask"][:, 1:]
         target_mask = batch["loss_mask"][:, 1:] & live  # (B, T-1)
@@ -466,12 +515,13 @@ class Gato(nn.Module):
 
     @torch.no_grad()
     def next_token_logits(self, tokens, local_positions, is_image, patches, patch_rows, patch_cols,
-                          cache: KVCache, allowed: torch.Tensor | slice | None = None) -> torch.Tensor:
+                          cache: KVCache, allowed: torch.Tensor | slice | None = None,
+                          vectors: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, len(allowed) or V) of the token after the given ones, using and filling ``cache``.
 
         ``allowed`` (ids, or a slice of them: a view of the head, no gather) restricts the head to
         the ids valid for the action spec (cheaper, and the sample can only be a legal action token)."""
-        h = self.hidden_states(tokens, local_positions, is_image, patches, patch_rows, patch_cols, cache)[:, -1]
+        h = self.hidden_states(tokens, local_positions, is_image, patches, patch_rows, patch_cols, cache, vectors)[:, -1]
         weight = self.lm_head.weight if allowed is None else self.lm_head.weight[allowed]
         return h @ weight.T
 

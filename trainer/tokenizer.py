@@ -13,11 +13,17 @@ Layout (``TokenLayout``, defined here once; the model imports it):
     33024             SEPARATOR '|' between a timestep's observation and action tokens
     33025             IMAGE_PLACEHOLDER at positions holding an image patch
     33026             PAD
-    vocabulary        33027
+    33027             VECTOR_OBSERVATION: a whole continuous observation as one token (below)
+    vocabulary        33028
 
 A timestep is its observation tokens, columns in key order (obs_continuous, obs_discrete,
 obs_image, obs_text), then SEPARATOR, then its action tokens (act_continuous, act_discrete),
 every array flattened row-major. Images become 16x16 patches (trainer.patches).
+
+Vector observations (``vector_observations=True``, JAT's embedding; off by default, Gato's):
+a task's obs_continuous values become one VECTOR_OBSERVATION token that carries the raw floats
+(``StepTokens.vectors``, at most VECTOR_WIDTH of them) for the model to embed, instead of one
+mu-law bin token per value. A 39-value Meta-World step is then 6 tokens instead of 44.
 """
 
 from __future__ import annotations
@@ -66,7 +72,10 @@ CONTINUOUS_OFFSET = TEXT_VOCAB_SIZE
 SEPARATOR = CONTINUOUS_OFFSET + CONTINUOUS_BINS  # 33024
 IMAGE_PLACEHOLDER = SEPARATOR + 1
 PAD = SEPARATOR + 2
-VOCAB_SIZE = SEPARATOR + 3
+VECTOR_OBSERVATION = SEPARATOR + 3
+VOCAB_SIZE = SEPARATOR + 4
+VECTOR_WIDTH = 64
+"""continuous observation values one VECTOR_OBSERVATION token carries (zero-padded)"""
 MAX_LOCAL_POSITIONS = 1024
 
 
@@ -81,6 +90,8 @@ class TokenLayout:
     separator: int = SEPARATOR
     image_placeholder: int = IMAGE_PLACEHOLDER
     pad: int = PAD
+    vector_observation: int = VECTOR_OBSERVATION
+    vector_width: int = VECTOR_WIDTH
     vocab_size: int = VOCAB_SIZE
     mu: float = MU
     m: float = M
@@ -180,9 +191,11 @@ class StepLayout:
     has_text: bool
     continuous_act: int
     discrete_act: int
+    vector_values: int = 0
+    """obs_continuous values carried by the one VECTOR_OBSERVATION token (0: a token per value)"""
 
     @classmethod
-    def of(cls, spec: TaskSpec) -> StepLayout:
+    def of(cls, spec: TaskSpec, vector_observations: bool = False) -> StepLayout:
         def width(group: dict, column: str) -> int:
             return int(np.prod(group[column].shape)) if column in group else 0
 
@@ -194,11 +207,17 @@ class StepLayout:
                 raise ValueError(f"obs_image shape {list(image)}: expected [H, W, C]")
             if image[2] > MAX_CHANNELS:
                 raise ValueError(f"obs_image has {image[2]} channels; the patch layout holds at most {MAX_CHANNELS}")
+        continuous = width(spec.observation, OBS_CONTINUOUS)
+        vector_values = continuous if vector_observations else 0
+        if vector_values > VECTOR_WIDTH:
+            raise ValueError(f"obs_continuous has {vector_values} values; a vector observation holds at most "
+                             f"{VECTOR_WIDTH} (set vector_observations: false for this dataset)")
         layout = cls(
-            continuous_obs=width(spec.observation, OBS_CONTINUOUS), discrete_obs=width(spec.observation, OBS_DISCRETE),
+            continuous_obs=1 if vector_values else continuous, discrete_obs=width(spec.observation, OBS_DISCRETE),
             patches=patches_per_image(image) if image else 0, image_shape=tuple(image) if image else None,
             has_text=OBS_TEXT in spec.observation,
             continuous_act=width(spec.action, ACT_CONTINUOUS), discrete_act=width(spec.action, ACT_DISCRETE),
+            vector_values=vector_values,
         )
         if layout.fixed_observation_tokens > MAX_LOCAL_POSITIONS:
             raise ValueError(f"an observation of {layout.fixed_observation_tokens} tokens exceeds "
@@ -240,6 +259,8 @@ class StepTokens:
     step_offsets: np.ndarray    # (T + 1,) int64
     frames: np.ndarray | None   # (T, H, W, C) uint8
     layout: StepLayout
+    vectors: np.ndarray | None = None  # (T, layout.vector_values) float32: step t's VECTOR_OBSERVATION token,
+    # the first token of the step (at step_offsets[t])
 
     @property
     def num_steps(self) -> int:
@@ -249,10 +270,27 @@ class StepTokens:
     def num_tokens(self) -> int:
         return int(self.step_offsets[-1])
 
+    def vectors_in(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """The VECTOR_OBSERVATION tokens of tokens [start, end) (``start`` on a timestep): their
+        positions relative to ``start`` and their (n, vector_values) values."""
+        if self.vectors is None:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        first = int(np.searchsorted(self.step_offsets, start, side="left"))
+        last = int(np.searchsorted(self.step_offsets, end, side="left"))  # steps that start before ``end``
+        last = min(last, self.num_steps)
+        return self.step_offsets[first:last] - start, self.vectors[first:last]
+
+    def dense_vectors(self, start: int, end: int) -> np.ndarray:
+        """(end - start, VECTOR_WIDTH) float32: each token's vector observation, zeros elsewhere."""
+        out = np.zeros((end - start, VECTOR_WIDTH), np.float32)
+        at, values = self.vectors_in(start, end)
+        out[at, :values.shape[1]] = values
+        return out
+
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.tokens, self.loss_mask, self.local_positions, self.step_offsets)) + (
-            0 if self.frames is None else self.frames.nbytes)
+        return sum(a.nbytes for a in (self.tokens, self.loss_mask, self.local_positions, self.step_offsets)) + sum(
+            0 if a is None else a.nbytes for a in (self.frames, self.vectors))
 
 
 def tokenize_steps(steps: dict, spec: TaskSpec, text_model: TextTokenizer | None = None,
@@ -275,10 +313,15 @@ def tokenize_steps(steps: dict, spec: TaskSpec, text_model: TextTokenizer | None
     # every timestep is a row: [observation blocks][text][separator][action blocks]; the blocks
     # are written straight into one int32 matrix, and text rows are cut to their lengths last
     obs_blocks: list[np.ndarray | int] = []   # (T, w) values, or a constant token of width 1 per patch
+    vectors = None
     for column in OBS_COLUMNS:
         if column not in spec.observation or column == OBS_TEXT:
             continue
         values = _column(steps, column, t)
+        if column == OBS_CONTINUOUS and layout.vector_values:
+            vectors = _vector_values(values.reshape(t, -1), layout.vector_values, new)
+            obs_blocks.append(np.broadcast_to(np.int32(VECTOR_OBSERVATION), (t, 1)))
+            continue
         if column == OBS_CONTINUOUS:
             block = encode_continuous(values.reshape(t, -1))
         elif column == OBS_DISCRETE:
@@ -334,7 +377,7 @@ def tokenize_steps(steps: dict, spec: TaskSpec, text_model: TextTokenizer | None
         tokens, loss_mask, local = _keep_cells(valid, offsets, new, matrix, loss_mask, local)
     frames = _frames(steps[OBS_IMAGE], t, layout.image_shape) if layout.patches else None
     return StepTokens(tokens=tokens, loss_mask=loss_mask, local_positions=local, step_offsets=offsets,
-                      frames=frames, layout=layout)
+                      frames=frames, layout=layout, vectors=vectors)
 
 
 # ----------------------------------------------------------------------------- deployment
@@ -351,10 +394,12 @@ class ObservationTokens:
     patch_rows: np.ndarray       # (P, 2) float32
     patch_cols: np.ndarray       # (P, 2) float32
     text_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (n,) bool: text tokens
+    vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, VECTOR_WIDTH), np.float32))
+    """(n, VECTOR_WIDTH) float32: the raw values at a VECTOR_OBSERVATION token, zeros elsewhere"""
 
 
 def tokenize_observation(obs: dict, spec: TaskSpec, text_model: TextTokenizer | None = None,
-                         max_text_tokens: int = 128) -> ObservationTokens:
+                         max_text_tokens: int = 128, vector_observations: bool = False) -> ObservationTokens:
     """One step's observation (shard columns: obs_continuous (d,), obs_discrete (k,),
     obs_image (H, W, C) uint8 or its raw bytes, obs_text str) -> tokens plus the separator,
     exactly as the data path tokenizes that step."""
@@ -370,7 +415,8 @@ def tokenize_observation(obs: dict, spec: TaskSpec, text_model: TextTokenizer | 
             steps[column] = np.frombuffer(value, dtype=np.uint8).reshape(1, *spec.image_shape)
         else:
             steps[column] = np.asarray(value)[None]
-    run = tokenize_steps(steps, spec, text_model, actions=False, max_text_tokens=max_text_tokens)
+    run = tokenize_steps(steps, spec, text_model, actions=False, max_text_tokens=max_text_tokens,
+                         layout=StepLayout.of(spec, vector_observations))
     tokens = run.tokens.astype(np.int64)
     is_image = tokens == IMAGE_PLACEHOLDER
     if run.frames is not None:
@@ -380,7 +426,8 @@ def tokenize_observation(obs: dict, spec: TaskSpec, text_model: TextTokenizer | 
         patches = np.zeros((0, MAX_CHANNELS, PATCH_SIZE, PATCH_SIZE), np.float32)
         rows = cols = np.zeros((0, 2), np.float32)
     return ObservationTokens(tokens=tokens, local_positions=run.local_positions.astype(np.int64), is_image=is_image,
-                             patches=patches, patch_rows=rows, patch_cols=cols, text_mask=run.loss_mask.copy())
+                             patches=patches, patch_rows=rows, patch_cols=cols, text_mask=run.loss_mask.copy(),
+                             vectors=run.dense_vectors(0, len(tokens)))
 
 
 def action_token_count(spec: TaskSpec) -> int:
@@ -488,6 +535,20 @@ def _column(steps: dict, column: str, t: int):
     return values if column == OBS_TEXT else np.asarray(values)
 
 
+def _vector_values(values: np.ndarray, width: int, new) -> np.ndarray:
+    """(T, width) float32 of a vector observation's raw values; NaN or inf raise like encode_continuous."""
+    if values.shape[1] != width:
+        raise ValueError(f"obs_continuous has {values.shape[1]} values per step; the task spec declares {width}")
+    out = new(values.shape, np.float32)
+    out[...] = values
+    finite = np.isfinite(out)
+    if not finite.all():
+        bad = np.flatnonzero(~finite.reshape(-1))
+        raise ValueError(f"obs_continuous: {bad.size} non-finite value(s) (first {out.reshape(-1)[bad[0]]} at flat "
+                         f"index {bad[0]}); expected finite floats")
+    return out
+
+
 def _check_width(column: str, block: np.ndarray, shape: list[int]) -> None:
     expected = int(np.prod(shape))
     if block.shape[1] != expected:
@@ -593,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = [
     "CONTINUOUS_OFFSET", "DISCRETE_VALUES", "IMAGE_PLACEHOLDER", "LAYOUT", "MAX_CHANNELS", "PAD", "SEPARATOR",
+    "VECTOR_OBSERVATION", "VECTOR_WIDTH",
     "VOCAB_SIZE", "ObservationTokens", "StepLayout", "StepTokens", "TextTokenizer", "TokenLayout",
     "action_token_count", "action_token_ranges", "decode_action", "decode_continuous", "encode_action",
     "encode_continuous", "encode_discrete", "image_to_patches", "tokenize_observation", "tokenize_steps",

@@ -113,6 +113,8 @@ class TrainConfig:
                             f"model.block_size={self.model.block_size}")
         if problems:
             raise ValueError("; ".join(problems))
+        # the model embeds what the loader makes: one switch, in the loader config
+        self.model = dataclasses.replace(self.model, vector_observations=self.loader.vector_observations)
         if self.data:
             self.loader.roots = list(self.data)
         self.data = list(self.loader.roots)
