@@ -37,11 +37,36 @@ def test_a_step_is_one_vector_token_the_separator_and_the_actions():
     assert (rows[:, 2:] == gato.tokens.reshape(5, 44)[:, 40:]).all()  # the same action tokens
     np.testing.assert_array_equal(jat.vectors, obs)  # exact values, no bins
     assert jat.loss_mask.reshape(5, 6)[:, 2:].all() and not jat.loss_mask.reshape(5, 6)[:, :2].any()
-    dense = jat.dense_vectors(6, 18)  # steps 1 and 2
-    assert dense.shape == (12, VECTOR_WIDTH)
+    dense, codes = jat.dense_vectors(6, 18)  # steps 1 and 2
+    assert dense.shape == codes.shape == (12, VECTOR_WIDTH) and (codes == -1).all()
     np.testing.assert_array_equal(dense[0, :39], obs[1])
     np.testing.assert_array_equal(dense[6, :39], obs[2])
     assert not dense[[1, 2, 3, 4, 5, 7]].any() and not dense[:, 39:].any()
+
+
+def test_a_grid_is_one_vector_token_carrying_its_cells():
+    grid = TaskSpec(domain="babyai", env_id="GoTo", action={"act_discrete": ModalitySpec([1], "int32", n=7)},
+                    observation={"obs_discrete": ModalitySpec([50], "int32")})
+    rng = np.random.default_rng(1)
+    cells = rng.integers(0, 198, (4, 50)).astype(np.int32)
+    steps = {"obs_discrete": cells, "act_discrete": rng.integers(0, 7, (4, 1)).astype(np.int32)}
+    gato = tokenize_steps(steps, grid)
+    jat = tokenize_steps(steps, grid, layout=StepLayout.of(grid, vector_observations=True))
+    assert gato.num_tokens - jat.num_tokens == 4 * 49  # 50 cell tokens became one
+    first = jat.tokens[:jat.step_offsets[1]]
+    assert first[0] == VECTOR_OBSERVATION and first[-2] == SEPARATOR and first[-1] == cells_action(steps)
+    np.testing.assert_array_equal(jat.codes, cells)
+    values, codes = jat.dense_vectors(0, jat.num_tokens)
+    at = np.flatnonzero(jat.tokens == VECTOR_OBSERVATION)
+    np.testing.assert_array_equal(codes[at, :50], cells)
+    assert (codes[at, 50:] == -1).all() and (np.delete(codes, at, axis=0) == -1).all() and not values.any()
+    too_big = dict(steps, obs_discrete=np.full((4, 50), 300, np.int32))
+    with pytest.raises(ValueError, match="value 300 is outside \\[0, 256\\)"):
+        tokenize_steps(too_big, grid, layout=StepLayout.of(grid, vector_observations=True))
+
+
+def cells_action(steps: dict) -> int:
+    return int(steps["act_discrete"][0, 0])
 
 
 def test_bad_vector_inputs_name_the_problem():
@@ -66,7 +91,7 @@ def test_loader_batches_carry_each_steps_values_at_its_vector_token(tmp_path):
     tokens, vectors = batch["tokens"].numpy(), batch["obs_vectors"].numpy()
     is_vector = tokens == VECTOR_OBSERVATION
     assert is_vector.sum() >= 4 * 64 // 3 - 4  # a pendulum step is 3 tokens: vector, separator, torque
-    assert not vectors[~is_vector].any() and not vectors[..., 3:].any()
+    assert not vectors[~is_vector].any() and not vectors[..., 3:].any() and (batch["obs_codes"].numpy() == -1).all()
     for row in vectors[is_vector]:
         assert tuple(row[:3].tolist()) in observations
     # consecutive steps of an episode carry consecutive observations, not one repeated
@@ -84,6 +109,13 @@ def test_the_model_reads_the_values_and_refuses_them_without_the_encoder():
     ha = model.hidden_states(tokens, local, *no_images, vectors=a)
     hb = model.hidden_states(tokens, local, *no_images, vectors=b)
     assert (ha - hb).abs().max() > 1e-4
+    codes = torch.full((1, 2, VECTOR_WIDTH), -1, dtype=torch.int16)
+    assert torch.equal(model.hidden_states(tokens, local, *no_images, vectors=a, codes=codes), ha)  # -1: no code
+    codes[0, 0, 12] = 5  # a red ball in cell 12 ...
+    h12 = model.hidden_states(tokens, local, *no_images, vectors=a, codes=codes)
+    codes[0, 0, 12], codes[0, 0, 13] = -1, 5  # ... is not a red ball in cell 13
+    h13 = model.hidden_states(tokens, local, *no_images, vectors=a, codes=codes)
+    assert (h12 - ha).abs().max() > 1e-4 and (h12 - h13).abs().max() > 1e-4
     plain = Gato(GatoConfig(n_layer=1, n_embd=32, n_head=2, ff=64, block_size=64)).eval()
     with pytest.raises(ValueError, match="built without vector_observations"):
         plain.hidden_states(tokens, local, *no_images, vectors=a)
@@ -129,6 +161,38 @@ def test_agent_feeds_the_values_and_batched_acting_matches_one_at_a_time(pendulu
     agent.act({"obs_continuous": np.asarray([-1.0, 0.5, 8.0], np.float32)})
     # the action token, then the observation's vector token and the separator, with the values
     np.testing.assert_array_equal(fed[0][0, :, :3].numpy(), [[0, 0, 0], [-1.0, 0.5, 8.0], [0, 0, 0]])
+
+
+def test_babyai_grid_vectors_train_and_act_in_the_real_level(tmp_path):
+    """BabyAI-bot episodes with their grids as vector observations: the loader's codes are the
+    shards' cells, and the trained model acts in the real level through the registry env."""
+    from experts.registry import get_task
+    from experts.rollout import rollout
+    from shards import Manifest, write_dataset
+    from trainer.text_tokenizer import fit_text_model
+
+    task = "babyai/GoToRedBall"
+    episodes = []
+    rollout(task, "scripted", num_envs=1, episodes=3, seed=0, on_episode=episodes.append)
+    write_dataset(tmp_path / "data", episodes, Manifest(name="babyai", tasks={task: get_task(task).task_spec()}))
+    fit_text_model([str(tmp_path / "data")], str(tmp_path / "text.model"))
+    cells = {tuple(row) for episode in episodes for row in np.asarray(episode.steps["obs_discrete"]).tolist()}
+    config = DataConfig(roots=[str(tmp_path / "data")], sequence_length=64, vector_observations=True,
+                        text_model=str(tmp_path / "text.model"))
+    batch = next(iter(GatoDataset(config, batch_size=2)))
+    is_vector = batch["tokens"].numpy() == VECTOR_OBSERVATION
+    codes = batch["obs_codes"].numpy()
+    width = len(next(iter(cells)))
+    assert is_vector.sum() >= 2 * 64 // 12 - 2 and (codes[~is_vector] == -1).all() and (codes[..., width:] == -1).all()
+    assert all(tuple(row[:width].tolist()) in cells for row in codes[is_vector])
+    train(parse_config(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--config",
+                        str(REPO / "trainer/configs/gato-tiny.yaml"), "--loader.text-model", str(tmp_path / "text.model"),
+                        "--loader.sequence-length", "64", "--loader.vector-observations", "--batch-size", "2",
+                        "--steps", "2", "--warmup-steps", "0", "--no-progress", "--threads", "1", "--num-workers", "0"]))
+    (row,) = evaluate(EvalConfig(checkpoint=str(tmp_path / "run"), tasks=[task], episodes=2, max_steps=20,
+                                 prompt_tokens=40, progress=False, out=str(tmp_path / "eval")))
+    assert row["episodes"] == 2 and row["mean_length"] <= 20 and row["prompt_tokens"] > 0
+
 
 
 def test_vector_cartpole_learns_to_balance(tmp_path):

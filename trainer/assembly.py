@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from trainer.patches import patch_intervals
-from trainer.tokenizer import IMAGE_PLACEHOLDER, PAD, VECTOR_WIDTH
+from trainer.tokenizer import IMAGE_PLACEHOLDER, PAD, VECTOR_WIDTH, place_vectors
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class BatchWriter:
         self.observation_targets = observation_targets
         self.length = sampler.settings.sequence_length
         self.provenance = sampler.settings.provenance
-        self.vectors = any(layout.vector_values for layout in sampler.catalog.layouts.values())
+        self.vectors = any(layout.vector_values + layout.vector_codes for layout in sampler.catalog.layouts.values())
         self.plans: list = []
         self.batch_rows: list[int] = []
         # the slices of every piece's ids, local positions and loss mask (and a short row's
@@ -149,7 +149,7 @@ class BatchWriter:
                     first, last = unit.step_of(start), unit.step_of(end)  # pieces start on a timestep; ``end``'s step
                     images.append((row, unit, layout, start, end, first, last))
                     self.image_bytes += (last - first + 1) * (unit.steps.frames[0].size + 8) + 16 * (end - start)
-                if layout.vector_values:
+                if layout.vector_values + layout.vector_codes:
                     self.vector_pieces.append((row, column, unit, start, end))
                 if provenance:
                     jobs.append((row, column, piece, unit))
@@ -215,7 +215,7 @@ class BatchWriter:
         if cuts:
             _write_images(cuts, out)
         if self.vectors:
-            _write_vectors(self.vector_pieces, out["obs_vectors"])
+            _write_vectors(self.vector_pieces, out["obs_vectors"], out["obs_codes"])
         attention = out["attention_mask"]
         attention.fill(True)
         real = [rows * length for rows in self.batch_rows]
@@ -355,17 +355,18 @@ def _fields(size: int, length: int, patches: int, frames: int, frame_bytes: int,
         specs += (("token_episode", (b, l), np.int64), ("token_offset", (b, l), np.int64), ("is_prompt", (b, l), np.bool_),
                   ("prompt_kind", (b,), np.int64))
     if vectors:
-        specs += (("obs_vectors", (b, l, VECTOR_WIDTH), np.float32),)
+        specs += (("obs_vectors", (b, l, VECTOR_WIDTH), np.float32), ("obs_codes", (b, l, VECTOR_WIDTH), np.int16))
     return _pack(specs)
 
 
-def _write_vectors(pieces: list, out: np.ndarray) -> None:
+def _write_vectors(pieces: list, values: np.ndarray, codes: np.ndarray) -> None:
     """Each piece's vector observations at their VECTOR_OBSERVATION tokens (the first token of
-    a timestep), zeros everywhere else."""
-    out.fill(0)
+    a timestep); zeros and -1 everywhere else."""
+    values.fill(0)
+    codes.fill(-1)
     for row, column, unit, start, end in pieces:
-        at, values = unit.steps.vectors_in(start, end)
-        out[row, at + column, :values.shape[1]] = values
+        span = slice(column, column + end - start)
+        place_vectors(unit.steps, start, end, values[row, span], codes[row, span])
 
 
 def _write_provenance(plans: list, jobs: list, out: dict[str, np.ndarray]) -> None:

@@ -63,10 +63,14 @@ class TokenChunk:
     patch_cols: np.ndarray       # (P, 2)
     vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, VECTOR_WIDTH), np.float32))
     """(n, VECTOR_WIDTH) float32: the values of VECTOR_OBSERVATION tokens, zeros elsewhere"""
+    codes: np.ndarray = field(default_factory=lambda: np.zeros((0, VECTOR_WIDTH), np.int16))
+    """(n, VECTOR_WIDTH) int16: the discrete values of VECTOR_OBSERVATION tokens, -1 elsewhere"""
 
     def __post_init__(self) -> None:
         if len(self.vectors) != len(self.tokens):  # built without vectors: none of its tokens carries one
             self.vectors = np.zeros((len(self.tokens), VECTOR_WIDTH), np.float32)
+        if len(self.codes) != len(self.tokens):
+            self.codes = np.full((len(self.tokens), VECTOR_WIDTH), -1, np.int16)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -81,7 +85,7 @@ class TokenChunk:
 
     def astuple(self) -> tuple[np.ndarray, ...]:
         return (self.tokens, self.local_positions, self.is_image, self.patches, self.patch_rows, self.patch_cols,
-                self.vectors)
+                self.vectors, self.codes)
 
 
 class GatoAgent:
@@ -144,7 +148,7 @@ class GatoAgent:
             obs = tokenize_observation(observation, self.spec, self.text_model, self.max_text_tokens,
                                        self.vector_observations)
             chunk = pending + TokenChunk(obs.tokens, obs.local_positions, obs.is_image, obs.patches,
-                                         obs.patch_rows, obs.patch_cols, obs.vectors)
+                                         obs.patch_rows, obs.patch_cols, obs.vectors, obs.codes)
             if len(chunk) > self.context:  # a prompt plus a first observation: keep the latest tokens
                 chunk = _tail(chunk, self.context)
             chunks.append(chunk)
@@ -168,8 +172,10 @@ class GatoAgent:
         rows = [np.stack(c) for c in columns[:3]]  # tokens, local positions, is_image: (B, n) each
         flat = [np.concatenate(c) for c in columns[3:6]]  # patches and intervals, row-major like is_image
         tensors = [torch.from_numpy(a).to(self.device) for a in rows + flat]
-        vectors = torch.from_numpy(np.stack(columns[6])).to(self.device) if self.vector_observations else None
-        return self.model.next_token_logits(*tensors, self.cache, allowed, vectors=vectors)
+        vectors = codes = None
+        if self.vector_observations:
+            vectors, codes = (torch.from_numpy(np.stack(c)).to(self.device) for c in columns[6:8])
+        return self.model.next_token_logits(*tensors, self.cache, allowed, vectors=vectors, codes=codes)
 
     def _sample(self, logits: torch.Tensor) -> np.ndarray:
         """(B,) indices into the allowed ids: argmax at temperature 0, else sampled."""
@@ -228,7 +234,7 @@ def demonstration_prompt(dataset: Dataset, task: str, spec: TaskSpec, text_model
         r, c = patch_intervals(layout.image_shape[:2])
         rows, cols = np.tile(r, (last - first, 1)), np.tile(c, (last - first, 1))
     return TokenChunk(tokens, run.local_positions[start:end].astype(np.int64), is_image, patches, rows, cols,
-                      run.dense_vectors(start, end)), episode_id
+                      *run.dense_vectors(start, end)), episode_id
 
 
 def best_episode(dataset: Dataset, task: str) -> int:
@@ -274,13 +280,13 @@ def _tail(chunk: TokenChunk, n: int) -> TokenChunk:
     dropped_patches = int(chunk.is_image[:drop].sum())
     return TokenChunk(chunk.tokens[drop:], chunk.local_positions[drop:], chunk.is_image[drop:],
                       chunk.patches[dropped_patches:], chunk.patch_rows[dropped_patches:], chunk.patch_cols[dropped_patches:],
-                      chunk.vectors[drop:])
+                      chunk.vectors[drop:], chunk.codes[drop:])
 
 
 def _action_token(token: int) -> TokenChunk:
     empty = TokenChunk.empty()
     return TokenChunk(np.asarray([token], np.int64), np.asarray([-1], np.int64), np.zeros(1, bool),
-                      empty.patches, empty.patch_rows, empty.patch_cols, np.zeros((1, VECTOR_WIDTH), np.float32))
+                      empty.patches, empty.patch_rows, empty.patch_cols)
 
 
 def _equals(table, column: str, value: str):

@@ -41,6 +41,7 @@ from trainer.tokenizer import (
     CONTINUOUS_OFFSET,
     MAX_CHANNELS,
     MAX_LOCAL_POSITIONS,
+    VECTOR_CODE_VALUES,
     VECTOR_OBSERVATION,
     VECTOR_WIDTH,
     VOCAB_SIZE,
@@ -191,23 +192,33 @@ def interval_bins(intervals: torch.Tensor, bins: int, sample: bool) -> torch.Ten
 
 
 class VectorEncoder(nn.Module):
-    """A whole continuous observation (VECTOR_WIDTH raw values, zero-padded) -> one token
-    vector: per value its symlog and sine/cosine octaves of it, then a two-layer MLP (JAT embeds
-    continuous observations with a linear layer; the octaves give it the precision a
-    1024-bin token per value had)."""
+    """A whole observation -> one token vector. Continuous values (VECTOR_WIDTH raw floats,
+    zero-padded): per value its symlog and sine/cosine octaves of it, through a linear layer
+    (JAT embeds continuous observations with a linear layer; the octaves give it the precision
+    a 1024-bin token per value had). Discrete values (VECTOR_WIDTH codes, -1 padded): a learned
+    row per (position, value), summed: the linear layer of their one-hot code, so "a red ball in
+    cell 12" is a feature of its own. Then GELU and a second linear layer."""
 
     def __init__(self, config: GatoConfig) -> None:
         super().__init__()
         self.register_buffer("scales", math.pi * 2.0 ** torch.arange(config.vector_frequencies), persistent=False)
         features = VECTOR_WIDTH * (1 + 2 * config.vector_frequencies)
         self.inp = nn.Linear(features, config.n_embd)
+        self.none = VECTOR_WIDTH * VECTOR_CODE_VALUES  # the row of padding codes: zeros, never trained
+        self.codes = nn.Embedding(self.none + 1, config.n_embd, padding_idx=self.none)
+        self.register_buffer("code_offsets", torch.arange(VECTOR_WIDTH) * VECTOR_CODE_VALUES, persistent=False)
         self.out = nn.Linear(config.n_embd, config.n_embd)
 
-    def forward(self, values: torch.Tensor) -> torch.Tensor:  # (N, VECTOR_WIDTH) -> (N, C)
+    def forward(self, values: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """(N, VECTOR_WIDTH) floats and (N, VECTOR_WIDTH) codes -> (N, C)."""
         s = torch.sign(values) * torch.log1p(values.abs())
         angles = s.unsqueeze(-1) * self.scales  # (N, W, F)
         features = torch.cat([s.unsqueeze(-1), angles.sin(), angles.cos()], dim=-1).flatten(1)
-        return self.out(F.gelu(self.inp(features.to(self.inp.weight.dtype))))
+        h = self.inp(features.to(self.inp.weight.dtype))
+        codes = codes.long()
+        index = torch.where(codes >= 0, codes + self.code_offsets, self.none)
+        h = h + self.codes(index).sum(1)
+        return self.out(F.gelu(h))
 
 
 class GatoEmbedding(nn.Module):
@@ -226,16 +237,18 @@ class GatoEmbedding(nn.Module):
 
     def forward(self, tokens: torch.Tensor, local_positions: torch.Tensor, is_image: torch.Tensor,
                 patches: torch.Tensor, patch_rows: torch.Tensor, patch_cols: torch.Tensor,
-                vectors: torch.Tensor | None = None) -> torch.Tensor:
+                vectors: torch.Tensor | None = None, codes: torch.Tensor | None = None) -> torch.Tensor:
         """tokens, local_positions, is_image: (B, T); patches (N, C_max, 16, 16) in the order of
-        the True entries of is_image (row-major); patch_rows/cols (N, 2); vectors (B, T,
-        VECTOR_WIDTH), read at VECTOR_OBSERVATION tokens."""
+        the True entries of is_image (row-major); patch_rows/cols (N, 2); vectors and codes (B,
+        T, VECTOR_WIDTH), read at VECTOR_OBSERVATION tokens."""
         x = self.wte(tokens)  # (B, T, C)
         if self.vector is not None and (self.training or vectors is not None):
             is_vector = tokens == VECTOR_OBSERVATION
             if vectors is None:  # a batch without vector tasks: an empty pass keeps every parameter in the graph
                 vectors = x.new_zeros((*tokens.shape, VECTOR_WIDTH))
-            ve = self.vector(vectors[is_vector])  # (n, C)
+            if codes is None:
+                codes = torch.full(vectors.shape, -1, dtype=torch.int16, device=x.device)
+            ve = self.vector(vectors[is_vector], codes[is_vector])  # (n, C)
             x = x.index_put((is_vector,), x[is_vector] + ve.to(x.dtype))
         elif vectors is not None and (tokens == VECTOR_OBSERVATION).any():
             raise ValueError("the input has vector observations but the model was built without "
@@ -416,6 +429,9 @@ class Gato(nn.Module):
         self.lm_head.weight = self.embed.wte.weight  # tied, as in nanoGPT (and the paper's counts)
         self.patch_head = nn.Linear(config.n_embd, config.patch_channels * config.patch_size ** 2) if config.kappa else None
         self.apply(self._init_weights)
+        if self.embed.vector is not None:  # the padding codes' row stays zero (the init above drew it)
+            with torch.no_grad():
+                self.embed.vector.codes.weight[self.embed.vector.none].zero_()
         for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
             if name.endswith("attn.proj.weight") or name.endswith("ff.out.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
@@ -446,7 +462,8 @@ class Gato(nn.Module):
             block.compile()
 
     def hidden_states(self, tokens, local_positions, is_image, patches, patch_rows, patch_cols,
-                      cache: KVCache | None = None, vectors: torch.Tensor | None = None) -> torch.Tensor:
+                      cache: KVCache | None = None, vectors: torch.Tensor | None = None,
+                      codes: torch.Tensor | None = None) -> torch.Tensor:
         """Final-layer states (B, T, C) after ln_f. With a cache, tokens continue the cached context."""
         B, T = tokens.shape
         if cache is None:
@@ -456,7 +473,7 @@ class Gato(nn.Module):
         else:
             positions = cache.start(T, tokens.device)
         cos, sin = rotary(positions, self.config.n_embd // self.config.n_head, self.config.rope_base)
-        x = self.drop(self.embed(tokens, local_positions, is_image, patches, patch_rows, patch_cols, vectors))
+        x = self.drop(self.embed(tokens, local_positions, is_image, patches, patch_rows, patch_cols, vectors, codes))
         for block in self.blocks:
             x = block(x, cos, sin, cache)
         return self.ln_f(x)  # (B, T, C)
@@ -466,7 +483,7 @@ class Gato(nn.Module):
         patches, rows, cols = real_patches(batch)
         tokens = batch["tokens"]
         h = self.hidden_states(tokens, batch["local_positions"], batch["is_image"], patches, rows, cols,
-                               vectors=batch.get("obs_vectors"))
+                               vectors=batch.get("obs_vectors"), codes=batch.get("obs_codes"))
         # token l is predicted from positions < l: states [:, :-1] predict tokens [:, 1:]
         live = batch["attention_mask"][:, 1:]
         target_mask = batch["loss_mask"][:, 1:] & live  # (B, T-1)
@@ -516,12 +533,13 @@ class Gato(nn.Module):
     @torch.no_grad()
     def next_token_logits(self, tokens, local_positions, is_image, patches, patch_rows, patch_cols,
                           cache: KVCache, allowed: torch.Tensor | slice | None = None,
-                          vectors: torch.Tensor | None = None) -> torch.Tensor:
+                          vectors: torch.Tensor | None = None, codes: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, len(allowed) or V) of the token after the given ones, using and filling ``cache``.
 
         ``allowed`` (ids, or a slice of them: a view of the head, no gather) restricts the head to
         the ids valid for the action spec (cheaper, and the sample can only be a legal action token)."""
-        h = self.hidden_states(tokens, local_positions, is_image, patches, patch_rows, patch_cols, cache, vectors)[:, -1]
+        h = self.hidden_states(tokens, local_positions, is_image, patches, patch_rows, patch_cols, cache, vectors,
+                               codes)[:, -1]
         weight = self.lm_head.weight if allowed is None else self.lm_head.weight[allowed]
         return h @ weight.T
 

@@ -21,9 +21,10 @@ obs_image, obs_text), then SEPARATOR, then its action tokens (act_continuous, ac
 every array flattened row-major. Images become 16x16 patches (trainer.patches).
 
 Vector observations (``vector_observations=True``, JAT's embedding; off by default, Gato's):
-a task's obs_continuous values become one VECTOR_OBSERVATION token that carries the raw floats
-(``StepTokens.vectors``, at most VECTOR_WIDTH of them) for the model to embed, instead of one
-mu-law bin token per value. A 39-value Meta-World step is then 6 tokens instead of 44.
+a task's obs_continuous and obs_discrete values become one VECTOR_OBSERVATION token that
+carries them (``StepTokens.vectors``: the raw floats, ``StepTokens.codes``: the discrete
+values, at most VECTOR_WIDTH of each) for the model to embed, instead of one token per value.
+A 39-value Meta-World step is then 6 tokens instead of 44, a BabyAI step 9 instead of 57.
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ PAD = SEPARATOR + 2
 VECTOR_OBSERVATION = SEPARATOR + 3
 VOCAB_SIZE = SEPARATOR + 4
 VECTOR_WIDTH = 64
-"""continuous observation values one VECTOR_OBSERVATION token carries (zero-padded)"""
+"""continuous (and, separately, discrete) observation values one VECTOR_OBSERVATION token
+carries: floats zero-padded, discrete values padded with -1"""
+VECTOR_CODE_VALUES = 256
+"""discrete values a vector observation embeds: [0, 256) (BabyAI's packed cells are < 198)"""
 MAX_LOCAL_POSITIONS = 1024
 
 
@@ -193,6 +197,8 @@ class StepLayout:
     discrete_act: int
     vector_values: int = 0
     """obs_continuous values carried by the one VECTOR_OBSERVATION token (0: a token per value)"""
+    vector_codes: int = 0
+    """obs_discrete values carried by the VECTOR_OBSERVATION token (0: a token per value)"""
 
     @classmethod
     def of(cls, spec: TaskSpec, vector_observations: bool = False) -> StepLayout:
@@ -207,17 +213,19 @@ class StepLayout:
                 raise ValueError(f"obs_image shape {list(image)}: expected [H, W, C]")
             if image[2] > MAX_CHANNELS:
                 raise ValueError(f"obs_image has {image[2]} channels; the patch layout holds at most {MAX_CHANNELS}")
-        continuous = width(spec.observation, OBS_CONTINUOUS)
-        vector_values = continuous if vector_observations else 0
-        if vector_values > VECTOR_WIDTH:
-            raise ValueError(f"obs_continuous has {vector_values} values; a vector observation holds at most "
-                             f"{VECTOR_WIDTH} (set vector_observations: false for this dataset)")
+        continuous, discrete = width(spec.observation, OBS_CONTINUOUS), width(spec.observation, OBS_DISCRETE)
+        vector_values, vector_codes = (continuous, discrete) if vector_observations else (0, 0)
+        for column, count in ((OBS_CONTINUOUS, vector_values), (OBS_DISCRETE, vector_codes)):
+            if count > VECTOR_WIDTH:
+                raise ValueError(f"{column} has {count} values; a vector observation holds at most "
+                                 f"{VECTOR_WIDTH} (set vector_observations: false for this dataset)")
+        vector = vector_values + vector_codes > 0
         layout = cls(
-            continuous_obs=1 if vector_values else continuous, discrete_obs=width(spec.observation, OBS_DISCRETE),
+            continuous_obs=1 if vector else continuous, discrete_obs=0 if vector else discrete,
             patches=patches_per_image(image) if image else 0, image_shape=tuple(image) if image else None,
             has_text=OBS_TEXT in spec.observation,
             continuous_act=width(spec.action, ACT_CONTINUOUS), discrete_act=width(spec.action, ACT_DISCRETE),
-            vector_values=vector_values,
+            vector_values=vector_values, vector_codes=vector_codes,
         )
         if layout.fixed_observation_tokens > MAX_LOCAL_POSITIONS:
             raise ValueError(f"an observation of {layout.fixed_observation_tokens} tokens exceeds "
@@ -259,8 +267,9 @@ class StepTokens:
     step_offsets: np.ndarray    # (T + 1,) int64
     frames: np.ndarray | None   # (T, H, W, C) uint8
     layout: StepLayout
-    vectors: np.ndarray | None = None  # (T, layout.vector_values) float32: step t's VECTOR_OBSERVATION token,
-    # the first token of the step (at step_offsets[t])
+    vectors: np.ndarray | None = None  # (T, layout.vector_values) float32 and
+    codes: np.ndarray | None = None    # (T, layout.vector_codes) int16: what step t's VECTOR_OBSERVATION
+    # token carries; it is the first token of the step (at step_offsets[t])
 
     @property
     def num_steps(self) -> int:
@@ -270,27 +279,38 @@ class StepTokens:
     def num_tokens(self) -> int:
         return int(self.step_offsets[-1])
 
-    def vectors_in(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+    def vectors_in(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The VECTOR_OBSERVATION tokens of tokens [start, end) (``start`` on a timestep): their
-        positions relative to ``start`` and their (n, vector_values) values."""
-        if self.vectors is None:
-            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        positions relative to ``start``, their (n, vector_values) floats and (n, vector_codes) codes."""
+        if self.layout.vector_values + self.layout.vector_codes == 0:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros((0, 0), np.int16)
         first = int(np.searchsorted(self.step_offsets, start, side="left"))
         last = int(np.searchsorted(self.step_offsets, end, side="left"))  # steps that start before ``end``
         last = min(last, self.num_steps)
-        return self.step_offsets[first:last] - start, self.vectors[first:last]
+        values = self.vectors[first:last] if self.vectors is not None else np.zeros((last - first, 0), np.float32)
+        codes = self.codes[first:last] if self.codes is not None else np.zeros((last - first, 0), np.int16)
+        return self.step_offsets[first:last] - start, values, codes
 
-    def dense_vectors(self, start: int, end: int) -> np.ndarray:
-        """(end - start, VECTOR_WIDTH) float32: each token's vector observation, zeros elsewhere."""
-        out = np.zeros((end - start, VECTOR_WIDTH), np.float32)
-        at, values = self.vectors_in(start, end)
-        out[at, :values.shape[1]] = values
-        return out
+    def dense_vectors(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """(end - start, VECTOR_WIDTH) float32 and int16: each token's vector observation (its
+        floats, its codes), zeros and -1 elsewhere."""
+        values = np.zeros((end - start, VECTOR_WIDTH), np.float32)
+        codes = np.full((end - start, VECTOR_WIDTH), -1, np.int16)
+        place_vectors(self, start, end, values, codes)
+        return values, codes
 
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.tokens, self.loss_mask, self.local_positions, self.step_offsets)) + sum(
-            0 if a is None else a.nbytes for a in (self.frames, self.vectors))
+            0 if a is None else a.nbytes for a in (self.frames, self.vectors, self.codes))
+
+
+def place_vectors(steps: StepTokens, start: int, end: int, values: np.ndarray, codes: np.ndarray) -> None:
+    """Write the vector observations of tokens [start, end) of ``steps`` into (end - start,
+    VECTOR_WIDTH) ``values`` and ``codes`` at their tokens' rows (other rows untouched)."""
+    at, floats, ints = steps.vectors_in(start, end)
+    values[at, :floats.shape[1]] = floats
+    codes[at, :ints.shape[1]] = ints
 
 
 def tokenize_steps(steps: dict, spec: TaskSpec, text_model: TextTokenizer | None = None,
@@ -313,15 +333,19 @@ def tokenize_steps(steps: dict, spec: TaskSpec, text_model: TextTokenizer | None
     # every timestep is a row: [observation blocks][text][separator][action blocks]; the blocks
     # are written straight into one int32 matrix, and text rows are cut to their lengths last
     obs_blocks: list[np.ndarray | int] = []   # (T, w) values, or a constant token of width 1 per patch
-    vectors = None
+    vectors = codes = None
+    if layout.vector_values + layout.vector_codes:  # one token carries the continuous and discrete values
+        obs_blocks.append(np.broadcast_to(np.int32(VECTOR_OBSERVATION), (t, 1)))
+        if layout.vector_values:
+            vectors = _vector_values(_column(steps, OBS_CONTINUOUS, t).reshape(t, -1), layout.vector_values, new)
+        if layout.vector_codes:
+            codes = _vector_codes(_column(steps, OBS_DISCRETE, t).reshape(t, -1), layout.vector_codes, new)
     for column in OBS_COLUMNS:
         if column not in spec.observation or column == OBS_TEXT:
             continue
-        values = _column(steps, column, t)
-        if column == OBS_CONTINUOUS and layout.vector_values:
-            vectors = _vector_values(values.reshape(t, -1), layout.vector_values, new)
-            obs_blocks.append(np.broadcast_to(np.int32(VECTOR_OBSERVATION), (t, 1)))
+        if column in (OBS_CONTINUOUS, OBS_DISCRETE) and layout.vector_values + layout.vector_codes:
             continue
+        values = _column(steps, column, t)
         if column == OBS_CONTINUOUS:
             block = encode_continuous(values.reshape(t, -1))
         elif column == OBS_DISCRETE:
@@ -377,7 +401,7 @@ def tokenize_steps(steps: dict, spec: TaskSpec, text_model: TextTokenizer | None
         tokens, loss_mask, local = _keep_cells(valid, offsets, new, matrix, loss_mask, local)
     frames = _frames(steps[OBS_IMAGE], t, layout.image_shape) if layout.patches else None
     return StepTokens(tokens=tokens, loss_mask=loss_mask, local_positions=local, step_offsets=offsets,
-                      frames=frames, layout=layout, vectors=vectors)
+                      frames=frames, layout=layout, vectors=vectors, codes=codes)
 
 
 # ----------------------------------------------------------------------------- deployment
@@ -396,6 +420,8 @@ class ObservationTokens:
     text_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (n,) bool: text tokens
     vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, VECTOR_WIDTH), np.float32))
     """(n, VECTOR_WIDTH) float32: the raw values at a VECTOR_OBSERVATION token, zeros elsewhere"""
+    codes: np.ndarray = field(default_factory=lambda: np.zeros((0, VECTOR_WIDTH), np.int16))
+    """(n, VECTOR_WIDTH) int16: the discrete values at a VECTOR_OBSERVATION token, -1 elsewhere"""
 
 
 def tokenize_observation(obs: dict, spec: TaskSpec, text_model: TextTokenizer | None = None,
@@ -427,7 +453,7 @@ def tokenize_observation(obs: dict, spec: TaskSpec, text_model: TextTokenizer | 
         rows = cols = np.zeros((0, 2), np.float32)
     return ObservationTokens(tokens=tokens, local_positions=run.local_positions.astype(np.int64), is_image=is_image,
                              patches=patches, patch_rows=rows, patch_cols=cols, text_mask=run.loss_mask.copy(),
-                             vectors=run.dense_vectors(0, len(tokens)))
+                             **dict(zip(("vectors", "codes"), run.dense_vectors(0, len(tokens)))))
 
 
 def action_token_count(spec: TaskSpec) -> int:
@@ -549,6 +575,19 @@ def _vector_values(values: np.ndarray, width: int, new) -> np.ndarray:
     return out
 
 
+def _vector_codes(values: np.ndarray, width: int, new) -> np.ndarray:
+    """(T, width) int16 of a vector observation's discrete values, checked to be in [0, VECTOR_CODE_VALUES)."""
+    if values.shape[1] != width:
+        raise ValueError(f"obs_discrete has {values.shape[1]} values per step; the task spec declares {width}")
+    checked = _checked_discrete(values)
+    if checked.size and checked.max() >= VECTOR_CODE_VALUES:
+        raise ValueError(f"obs_discrete: value {checked.max()} is outside [0, {VECTOR_CODE_VALUES}), the values a "
+                         "vector observation embeds (set vector_observations: false for this dataset)")
+    out = new(values.shape, np.int16)
+    out[...] = checked
+    return out
+
+
 def _check_width(column: str, block: np.ndarray, shape: list[int]) -> None:
     expected = int(np.prod(shape))
     if block.shape[1] != expected:
@@ -654,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = [
     "CONTINUOUS_OFFSET", "DISCRETE_VALUES", "IMAGE_PLACEHOLDER", "LAYOUT", "MAX_CHANNELS", "PAD", "SEPARATOR",
-    "VECTOR_OBSERVATION", "VECTOR_WIDTH",
+    "VECTOR_CODE_VALUES", "VECTOR_OBSERVATION", "VECTOR_WIDTH", "place_vectors",
     "VOCAB_SIZE", "ObservationTokens", "StepLayout", "StepTokens", "TextTokenizer", "TokenLayout",
     "action_token_count", "action_token_ranges", "decode_action", "decode_continuous", "encode_action",
     "encode_continuous", "encode_discrete", "image_to_patches", "tokenize_observation", "tokenize_steps",
