@@ -268,15 +268,19 @@ def pendulum_env(task: str, seed: int, spec: TaskSpec) -> PendulumEnv:
     return PendulumEnv()
 
 
-@pytest.fixture(scope="module")
-def pendulum_run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("pendulum")
+def pendulum_checkpoint(base: Path, *flags: str) -> Path:
+    """Pendulum episodes under ``base``/data and a 2-step gato-tiny checkpoint under ``base``/run."""
     pendulum_dataset(base / "data")
     train(parse_config(["--data", str(base / "data"), "--out", str(base / "run"), "--config",
-                        str(REPO / "trainer/configs/gato-tiny.yaml"), "--loader.sequence-length", "64",
+                        str(REPO / "trainer/configs/gato-tiny.yaml"), "--loader.sequence-length", "64", *flags,
                         "--batch-size", "2", "--steps", "2", "--warmup-steps", "1", "--no-progress", "--threads", "1",
                         "--num-workers", "0"]))
     return base
+
+
+@pytest.fixture(scope="module")
+def pendulum_run(tmp_path_factory):
+    return pendulum_checkpoint(tmp_path_factory.mktemp("pendulum"))
 
 
 def test_batched_evaluation_matches_one_episode_at_a_time(pendulum_run):

@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from shards import Dataset, ModalitySpec, TaskSpec
-from test_evaluate_deploy import CARTPOLE, cartpole_dataset, cartpole_env, pendulum_dataset, pendulum_env
+from test_evaluate_deploy import (
+    CARTPOLE,
+    cartpole_dataset,
+    cartpole_env,
+    pendulum_checkpoint,
+    pendulum_dataset,
+    pendulum_env,
+)
 from trainer.data import DataConfig, GatoDataset
 from trainer.deploy import GatoAgent, demonstration_prompt, load_agent_model
 from trainer.evaluate import EvalConfig, evaluate
@@ -123,13 +130,7 @@ def test_the_model_reads_the_values_and_refuses_them_without_the_encoder():
 
 @pytest.fixture(scope="module")
 def pendulum_vector_run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("pendulum-vector")
-    pendulum_dataset(base / "data")
-    train(parse_config(["--data", str(base / "data"), "--out", str(base / "run"), "--config",
-                        str(REPO / "trainer/configs/gato-tiny.yaml"), "--loader.sequence-length", "64",
-                        "--loader.vector-observations", "--batch-size", "2", "--steps", "2", "--warmup-steps", "1",
-                        "--no-progress", "--threads", "1", "--num-workers", "0"]))
-    return base
+    return pendulum_checkpoint(tmp_path_factory.mktemp("pendulum-vector"), "--loader.vector-observations")
 
 
 def test_agent_feeds_the_values_and_batched_acting_matches_one_at_a_time(pendulum_vector_run):
