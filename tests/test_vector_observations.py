@@ -208,3 +208,15 @@ def test_vector_cartpole_learns_to_balance(tmp_path):
     random = Dataset(tmp_path / "data").index.to_pydict()
     random_returns = [r for r, s in zip(random["return"], random["source"]) if s == "random"]
     assert row["mean_return"] >= np.mean(random_returns) + 12, (row, np.mean(random_returns))
+
+
+def test_a_config_file_describes_the_model_its_loader_switch_builds(tmp_path):
+    from trainer.model import describe, load_model_config
+
+    plain, vector = tmp_path / "plain.yaml", tmp_path / "vector.yaml"
+    plain.write_text("model:\n  preset: gato-tiny\n")
+    vector.write_text("model:\n  preset: gato-tiny\nloader:\n  vector_observations: true\n")
+    assert not load_model_config(str(plain)).vector_observations
+    assert load_model_config(str(vector)).vector_observations
+    extra = describe(load_model_config(str(vector)))["params"] - describe(load_model_config(str(plain)))["params"]
+    assert extra == (64 * 256 + 1) * 64 + (64 * 17 + 1) * 64 + (64 + 1) * 64  # codes, inp, out of gato-tiny's width

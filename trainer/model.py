@@ -23,6 +23,7 @@ Choices the paper leaves open, and what we did (docs/trainer.md explains each):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -604,7 +605,10 @@ def load_model_config(name_or_path: str) -> GatoConfig:
         import yaml
 
         data = yaml.safe_load(path.read_text()) or {}
-        return model_config_from_dict(data.get("model", data), where=str(path))
+        config = model_config_from_dict(data.get("model", data), where=str(path))
+        loader = data.get("loader") or {}
+        # the trainer builds the model with the loader's switch: so does a config read from the file
+        return dataclasses.replace(config, vector_observations=bool(loader.get("vector_observations", False)))
     raise ValueError(f"unknown model config {name_or_path!r}: expected one of {sorted(CONFIGS)} or a .yaml file")
 
 
