@@ -144,9 +144,10 @@ class DataConfig:
     prompt_pool_units: int = 3
     """read units per task kept for drawing prompts (memory: about this many row groups per task)"""
     vector_observations: bool = False
-    """JAT's observation embedding: each timestep's obs_continuous values are one
-    VECTOR_OBSERVATION token carrying the raw floats (obs_vectors), not a token per value
-    (Gato). A Meta-World step is 6 tokens instead of 44, so a sequence holds 7x the steps"""
+    """JAT's observation embedding: each timestep's obs_continuous and obs_discrete values are
+    one VECTOR_OBSERVATION token carrying the raw floats and codes (obs_vectors, obs_codes), not
+    a token per value (Gato). A Meta-World step is 6 tokens instead of 44, a BabyAI one 8
+    instead of 57. The model's encoder follows this switch"""
     observation_targets: bool = False
     """also yield next-observation targets (obs_targets, obs_target_mask)"""
     provenance: bool = False
