@@ -220,3 +220,33 @@ def test_a_config_file_describes_the_model_its_loader_switch_builds(tmp_path):
     assert load_model_config(str(vector)).vector_observations
     extra = describe(load_model_config(str(vector)))["params"] - describe(load_model_config(str(plain)))["params"]
     assert extra == (64 * 256 + 1) * 64 + (64 * 17 + 1) * 64 + (64 + 1) * 64  # codes, inp, out of gato-tiny's width
+
+
+def test_token_observations_keep_a_task_on_tokens_in_training_and_acting(tmp_path):
+    """cartpole on a token per value beside pendulum on vectors: the loader, the checkpoint and
+    evaluation all tokenize each task the same way."""
+    from trainer.catalog import Catalog
+
+    pendulum_dataset(tmp_path / "pendulum")
+    cartpole_dataset(tmp_path / "cartpole", episodes=6)
+    roots = [str(tmp_path / "pendulum"), str(tmp_path / "cartpole")]
+    catalog = Catalog(roots, vector_observations=True, token_observations=(CARTPOLE,))
+    assert catalog.layouts[CARTPOLE].min_step_tokens == 4 + 1 + 1  # 4 values, separator, action
+    assert catalog.layouts["gym/pendulum"].min_step_tokens == 1 + 1 + 1
+    with pytest.raises(ValueError, match="token_observations=\\['gym'\\]: only means something with"):
+        DataConfig(roots=roots, token_observations=("gym",)).validate()
+    train(parse_config(["--data", *roots, "--out", str(tmp_path / "run"), "--config",
+                        str(REPO / "trainer/configs/gato-tiny.yaml"), "--loader.sequence-length", "64",
+                        "--loader.vector-observations", "--loader.token-observations", CARTPOLE, "--batch-size", "4",
+                        "--steps", "2", "--warmup-steps", "1", "--no-progress", "--threads", "1", "--num-workers", "0"]))
+    model, info = load_agent_model(tmp_path / "run")
+    assert model.config.vector_observations and info["token_observations"] == (CARTPOLE,)
+
+    def env(task, seed, spec):
+        return cartpole_env(task, seed, spec) if task == CARTPOLE else pendulum_env(task, seed, spec)
+
+    rows = evaluate(EvalConfig(checkpoint=str(tmp_path / "run"), tasks=[CARTPOLE, "gym/pendulum"], episodes=2,
+                               progress=False, out=str(tmp_path / "eval")), env_factory=env)
+    assert [row["episodes"] for row in rows] == [2, 2]
+    # a cartpole prompt is whole 6-token steps of bin tokens, a pendulum one whole 3-token vector steps
+    assert rows[0]["prompt_tokens"] % 6 == 0 and rows[1]["prompt_tokens"] % 3 == 0

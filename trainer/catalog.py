@@ -115,7 +115,8 @@ class Catalog:
     """Episode index of several roots as numpy columns, plus unit reading."""
 
     def __init__(self, roots: list[str], text_model: TextTokenizer | None = None, max_text_tokens: int = 128,
-                 success_tail: int | None = None, vector_observations: bool = False) -> None:
+                 success_tail: int | None = None, vector_observations: bool = False,
+                 token_observations: tuple[str, ...] = ()) -> None:
         if not roots:
             raise ValueError("no dataset roots given")
         self.roots = [str(r) for r in roots]
@@ -173,7 +174,8 @@ class Catalog:
         empty = self.episode_length <= 0
         if empty.any():
             log.warning("skipping %d episode(s) of length 0", int(empty.sum()))
-        self.layouts = {task: _layout(task, self.specs[task], vector_observations) for task in self.task_names}
+        self.layouts = {task: _layout(task, self.specs[task], StepLayout.vector_for(
+            task, self.specs[task], vector_observations, token_observations)) for task in self.task_names}
         self._footers: dict[int, np.ndarray] = {}
         self._open: OrderedDict[int, pq.ParquetFile] = OrderedDict()
         self._groups: dict[int, OrderedDict[tuple, pa.Table]] = {}  # task code -> (file, group, columns) -> table

@@ -98,7 +98,7 @@ class GatoAgent:
 
     def __init__(self, model: Gato, spec: TaskSpec, text_model: TextTokenizer | None, context: int = 1024,
                  temperature: float = 1.0, seed: int = 0, max_text_tokens: int = 128,
-                 continuous_decoding: str = "sample") -> None:
+                 continuous_decoding: str = "sample", vector_observations: bool | None = None) -> None:
         if continuous_decoding not in CONTINUOUS_DECODINGS:
             raise ValueError(f"continuous_decoding={continuous_decoding!r}: expected one of {CONTINUOUS_DECODINGS}")
         if context > model.config.block_size:
@@ -112,7 +112,9 @@ class GatoAgent:
         self.temperature = temperature
         self.continuous_decoding = continuous_decoding
         self.max_text_tokens = max_text_tokens
-        self.vector_observations = model.config.vector_observations
+        # this task's observations as the loader made them (a checkpoint's token_observations
+        # keep some tasks on tokens); default: the model's switch
+        self.vector_observations = model.config.vector_observations if vector_observations is None else vector_observations
         self.ranges = action_token_ranges(spec)  # (A, 2) valid [low, high) per action token
         continuous = (self.ranges[:, 0] == CONTINUOUS_OFFSET) & (self.ranges[:, 1] == CONTINUOUS_OFFSET + CONTINUOUS_BINS)
         self.take_median = continuous & (continuous_decoding == "median")  # (A,) per action position
@@ -265,7 +267,8 @@ def run_info(state: dict[str, Any]) -> dict[str, Any]:
             "text_model": state.get("text_model"), "max_text_tokens": state.get("max_text_tokens", 128),
             "context": int(loader.get("sequence_length", state["model_config"]["block_size"])),
             "prompt_fraction": float(loader.get("prompt_fraction", 0.25)),
-            "success_tail": loader.get("success_tail")}
+            "success_tail": loader.get("success_tail"),
+            "token_observations": tuple(loader.get("token_observations") or ())}
 
 
 def _median(logits: torch.Tensor) -> np.ndarray:

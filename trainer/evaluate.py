@@ -154,17 +154,20 @@ def evaluate_task(config: EvalConfig, task: str, env_factory: EnvFactory | None 
     """Run ``config.episodes`` episodes of one task with a prompted Gato."""
     from trainer.deploy import GatoAgent, demonstration_prompt, load_agent_model
     from trainer.text_tokenizer import TextTokenizer
+    from trainer.tokenizer import StepLayout
 
     model, info = load_agent_model(config.checkpoint, config.device)
     dataset, spec = _dataset_of(info["data_roots"], task)
     text_model = TextTokenizer.load(info["text_model"]) if info["text_model"] else None
     context = config.context or info["context"]
     prompt_tokens = config.prompt_tokens if config.prompt_tokens is not None else int(context * info["prompt_fraction"])
+    vector = StepLayout.vector_for(task, spec, model.config.vector_observations, info["token_observations"])
     prompt, demo_id = demonstration_prompt(dataset, task, spec, text_model, prompt_tokens, config.prompt_from,
                                            info["max_text_tokens"], success_tail=info["success_tail"],
-                                           vector_observations=model.config.vector_observations)
+                                           vector_observations=vector)
     agent = GatoAgent(model, spec, text_model, context=context, temperature=config.temperature, seed=config.seed,
-                      max_text_tokens=info["max_text_tokens"], continuous_decoding=config.continuous_decoding)
+                      max_text_tokens=info["max_text_tokens"], continuous_decoding=config.continuous_decoding,
+                      vector_observations=vector)
     factory = env_factory or load_env_factory(config.env_factory)
     # missions of varied length tokenize to varied lengths: such episodes run one at a time
     width = 1 if OBS_TEXT in spec.observation else min(config.batch_episodes, config.episodes)

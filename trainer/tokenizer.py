@@ -232,6 +232,12 @@ class StepLayout:
                              f"{MAX_LOCAL_POSITIONS} local positions")
         return layout
 
+    @staticmethod
+    def vector_for(task: str, spec: TaskSpec, vector_observations: bool, token_observations=()) -> bool:
+        """Whether ``task``'s observations are vector tokens: ``vector_observations`` unless its
+        domain or its id is in ``token_observations`` (those keep a token per value)."""
+        return vector_observations and spec.domain not in token_observations and task not in token_observations
+
     @property
     def image_start(self) -> int:
         """Offset of the first patch token inside a timestep."""
