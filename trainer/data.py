@@ -38,7 +38,8 @@ patch keys of that sequence; ``collate_sequences`` batches them (a DataLoader's 
 
 With ``vector_observations=True`` (JAT's observation embedding) one more key comes along:
 ``obs_vectors`` float32 (B, L, VECTOR_WIDTH), the raw obs_continuous values (zero-padded) at
-each VECTOR_OBSERVATION token and zeros elsewhere.
+each VECTOR_OBSERVATION token and zeros elsewhere, and ``obs_codes`` int16 (B, L, VECTOR_WIDTH),
+its obs_discrete values (-1 padded) there and -1 elsewhere.
 
 With ``observation_targets=True`` (JAT's kappa, Dynalang's next-observation prediction) two
 more keys come along: ``obs_targets`` int64 (B, L) (the token ids) and ``obs_target_mask`` bool
