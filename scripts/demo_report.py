@@ -129,13 +129,16 @@ def _loss_curve(out: Path) -> dict[str, Any]:
 
     steps = [int(r["step"]) for r in rows]
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    columns = ["loss"] + [c for c in ("action_loss", "observation_loss")
-                          if any(float(r[c]) != float(r["loss"]) and float(r[c]) > 0 for r in rows)]
-    for column in columns:  # action_loss equals loss when the next-observation loss is off (Gato)
-        ax.plot(steps, [float(r[column]) for r in rows], label=column)
+    def value(row: dict, column: str) -> float:  # columns a run's metrics lack (older runs) are 0
+        return float(row.get(column) or 0.0)
+
+    columns = ["loss"] + [c for c in ("action_loss", "observation_loss", "regression_loss")
+                          if any(value(r, c) != value(r, "loss") and value(r, c) > 0 for r in rows)]
+    for column in columns:  # action_loss equals loss when no other loss is on (Gato)
+        ax.plot(steps, [value(r, column) for r in rows], label=column)
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_ylabel("loss (cross-entropy in nats/token; MSE)")
     ax.set_title("small Gato training loss (curated quickstart)")
     ax.legend()
     fig.tight_layout()

@@ -237,3 +237,42 @@ def test_smooth_bins_start_neighbouring_continuous_bins_alike():
     assert smooth.lm_head.weight.data_ptr() == smooth.embed.wte.weight.data_ptr()  # the head sees the same code
     # the plain table's neighbours are unrelated noise
     assert cosine(plain.embed.wte.weight[bins][:-1], plain.embed.wte.weight[bins][1:]).mean().abs() < 0.1
+
+
+def test_action_regression_head_learns_continuous_values_and_adds_its_weighted_mse():
+    """The value head's loss is the MSE against the targets' bin centres, weighted into the loss;
+    discrete targets are not in it, and a few steps fit the values far better than the start."""
+    from trainer.model import bin_centres
+    from trainer.tokenizer import CONTINUOUS_OFFSET
+
+    torch.manual_seed(0)
+    batch = synthetic_batch(SyntheticBatchConfig(batch_size=2, seq_len=64, image_patches=0, continuous=True))
+    model = Gato(GatoConfig(n_layer=1, n_embd=32, n_head=2, ff=64, action_regression=4.0))
+    out = model(batch)
+    mask = batch["loss_mask"][:, 1:] & batch["attention_mask"][:, 1:]
+    h = model.hidden_states(batch["tokens"], batch["local_positions"], batch["is_image"],
+                            *real_patches(batch))[:, :-1][mask]
+    targets = batch["tokens"][:, 1:][mask]
+    assert (targets >= CONTINUOUS_OFFSET).all()
+    expected = torch.nn.functional.mse_loss(model.value_head(h).squeeze(-1), bin_centres(targets))
+    assert torch.allclose(out.regression_loss, expected)
+    assert torch.allclose(out.loss, out.action_loss + 4.0 * out.regression_loss)
+    # bin centres are the mu-law values the tokenizer binned: token 0 -> -1 + 1/1024, the last -> 1 - 1/1024
+    assert bin_centres(torch.tensor([CONTINUOUS_OFFSET, CONTINUOUS_OFFSET + 1023])).tolist() == pytest.approx(
+        [-1 + 1 / 1024, 1 - 1 / 1024])
+    optimizer = model.configure_optimizer(1e-2, 0.0, (0.9, 0.95))
+    first = out.regression_loss.item()
+    for _ in range(60):
+        out = model(batch)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    assert out.regression_loss.item() < 0.2 * first, (first, out.regression_loss.item())
+    # only discrete targets: the term is 0 and still backpropagates
+    tokens = batch["tokens"].clone()
+    tokens[batch["loss_mask"]] -= CONTINUOUS_OFFSET  # the same targets as discrete ids
+    assert model(dict(batch, tokens=tokens)).regression_loss.item() == 0.0
+    # no head without the weight; a negative weight names the field
+    assert Gato(GatoConfig(n_layer=1, n_embd=32, n_head=2, ff=64)).value_head is None
+    with pytest.raises(ValueError, match="action_regression=-1"):
+        GatoConfig(action_regression=-1)

@@ -158,7 +158,7 @@ def test_agent_feeds_the_values_and_batched_acting_matches_one_at_a_time(pendulu
     agent.act({"obs_continuous": np.asarray([1.0, 0.0, 0.0], np.float32)})
     assert len(agent.pending[0]) == 1  # the last action token waits for the next observation
     fed = []
-    agent.model.next_token_logits = lambda *args, vectors=None, **kw: fed.append(vectors) or torch.zeros(1, 1024)
+    agent.model.next_token_state = lambda *args, vectors=None, **kw: fed.append(vectors) or torch.zeros(1, agent.model.config.n_embd)
     agent.act({"obs_continuous": np.asarray([-1.0, 0.5, 8.0], np.float32)})
     # the action token, then the observation's vector token and the separator, with the values
     np.testing.assert_array_equal(fed[0][0, :, :3].numpy(), [[0, 0, 0], [-1.0, 0.5, 8.0], [0, 0, 0]])

@@ -15,7 +15,9 @@ Continuous action tokens are sampled like the others (Gato) or, with
 ``continuous_decoding="median"``, set to the distribution's median bin: a 1024-way
 distribution learned from a few hundred demonstrations is wide, and a sample from it jitters
 the arm where its median does not (the median, unlike the mean, ignores the thin mass on the
-far bins, which decode to values up to +-256, and commutes with the mu-law).
+far bins, which decode to values up to +-256, and commutes with the mu-law). A model trained
+with ``action_regression`` also offers ``"regression"``: its value head's prediction, put in
+its bin (JAT acts on such a regression).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from trainer.tokenizer import (
     tokenize_steps,
 )
 
-CONTINUOUS_DECODINGS = ("sample", "median")
+CONTINUOUS_DECODINGS = ("sample", "median", "regression")
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,9 @@ class GatoAgent:
                  continuous_decoding: str = "sample", vector_observations: bool | None = None) -> None:
         if continuous_decoding not in CONTINUOUS_DECODINGS:
             raise ValueError(f"continuous_decoding={continuous_decoding!r}: expected one of {CONTINUOUS_DECODINGS}")
+        if continuous_decoding == "regression" and model.value_head is None:
+            raise ValueError("continuous_decoding='regression' needs a model trained with a regression head "
+                             "(model.action_regression > 0); this one has none: use 'sample' or 'median'")
         if context > model.config.block_size:
             raise ValueError(f"context={context} exceeds the model's block_size={model.config.block_size}")
         if temperature < 0:
@@ -118,6 +123,7 @@ class GatoAgent:
         self.ranges = action_token_ranges(spec)  # (A, 2) valid [low, high) per action token
         continuous = (self.ranges[:, 0] == CONTINUOUS_OFFSET) & (self.ranges[:, 1] == CONTINUOUS_OFFSET + CONTINUOUS_BINS)
         self.take_median = continuous & (continuous_decoding == "median")  # (A,) per action position
+        self.take_value = continuous & (continuous_decoding == "regression")
         self.device = next(model.parameters()).device
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.cache = KVCache(model.config.n_layer, context)
@@ -160,16 +166,20 @@ class GatoAgent:
                              "act on such episodes one at a time")
         sampled = np.zeros((len(chunks), len(self.ranges)), np.int64)
         for position, (low, high) in enumerate(self.ranges):
-            logits = self._feed(chunks, slice(int(low), int(high)))  # (B, high - low)
-            pick = _median(logits) if self.take_median[position] else self._sample(logits)
+            state = self._feed(chunks)  # (B, C)
+            if self.take_value[position]:
+                pick = _value_bin(self.model.continuous_values(state))
+            else:
+                logits = self.model.head_logits(state, slice(int(low), int(high)))  # (B, high - low)
+                pick = _median(logits) if self.take_median[position] else self._sample(logits)
             sampled[:, position] = int(low) + pick
             chunks = [_action_token(int(token)) for token in sampled[:, position]]
         self.pending = chunks  # the last action token goes in with the next observation
         self.last_action_tokens = sampled if len(sampled) > 1 else sampled[0]
         return [decode_action(tokens, self.spec) for tokens in sampled]
 
-    def _feed(self, chunks: list[TokenChunk], allowed: slice) -> torch.Tensor:
-        """Logits (B, n_allowed) after feeding equally long chunks, one per cache row."""
+    def _feed(self, chunks: list[TokenChunk]) -> torch.Tensor:
+        """The model's last states (B, C) after feeding equally long chunks, one per cache row."""
         columns = list(zip(*(chunk.astuple() for chunk in chunks)))
         rows = [np.stack(c) for c in columns[:3]]  # tokens, local positions, is_image: (B, n) each
         flat = [np.concatenate(c) for c in columns[3:6]]  # patches and intervals, row-major like is_image
@@ -177,7 +187,7 @@ class GatoAgent:
         vectors = codes = None
         if self.vector_observations:
             vectors, codes = (torch.from_numpy(np.stack(c)).to(self.device) for c in columns[6:8])
-        return self.model.next_token_logits(*tensors, self.cache, allowed, vectors=vectors, codes=codes)
+        return self.model.next_token_state(*tensors, self.cache, vectors=vectors, codes=codes)
 
     def _sample(self, logits: torch.Tensor) -> np.ndarray:
         """(B,) indices into the allowed ids: argmax at temperature 0, else sampled."""
@@ -276,6 +286,13 @@ def _median(logits: torch.Tensor) -> np.ndarray:
     cumulative = torch.cumsum(torch.softmax(logits.double(), dim=-1), dim=-1)
     half = torch.full((cumulative.shape[0], 1), 0.5, dtype=cumulative.dtype)
     return torch.searchsorted(cumulative, half)[:, 0].clamp(max=cumulative.shape[1] - 1).cpu().numpy()
+
+
+def _value_bin(values: torch.Tensor) -> np.ndarray:
+    """(B,) continuous bin of each predicted mu-law value (clipped to [-1, 1]): the inverse of
+    ``model.bin_centres``, so the token fed back is the one the value falls in."""
+    bins = torch.floor((values.float().clamp(-1.0, 1.0) + 1.0) * (CONTINUOUS_BINS / 2.0))
+    return bins.clamp(0, CONTINUOUS_BINS - 1).long().cpu().numpy()
 
 
 def _tail(chunk: TokenChunk, n: int) -> TokenChunk:

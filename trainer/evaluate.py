@@ -70,8 +70,9 @@ class EvalConfig:
     temperature: float = 1.0
     """sampling temperature of action tokens (0 = greedy)"""
     continuous_decoding: str = "sample"
-    """continuous action tokens: 'sample' them at --temperature (Gato) or take the 'median' bin of
-    the model's distribution (steadier control from a small model)"""
+    """continuous action tokens: 'sample' them at --temperature (Gato), take the 'median' bin of
+    the model's distribution (steadier control from a small model), or the value head's
+    'regression' (models trained with model.action_regression)"""
     context: int | None = None
     """tokens kept in context (None: the sequence length the model was trained on; Gato: 1024)"""
     prompt_tokens: int | None = None

@@ -95,6 +95,13 @@ class GatoConfig:
     """embed each VECTOR_OBSERVATION token from the raw values it carries (JAT: one token per
     continuous observation; the loader's ``vector_observations`` makes them). Set by the trainer
     from the loader config, so the two always agree"""
+    action_regression: float = 0.0
+    """weight of a regression loss on continuous actions (JAT's action head): a linear head reads
+    each state that predicts a continuous action token and is trained (MSE) on that token's value
+    in mu-law space, [-1, 1]; the agent can then act on the value (``continuous_decoding=
+    "regression"``). The cross-entropy on the bins stays, so every decoding works on the same
+    model. A softmax over 1024 bins learned from a few hundred demonstrations is wide and blind
+    to bin order; a regression is precise where the demonstrations agree. 0 = no head (Gato)"""
     vector_frequencies: int = 8
     """sine/cosine octaves per value in the vector encoder: features that change over ~1 cm of a
     Meta-World position, which a linear map of the raw value alone resolves poorly"""
@@ -105,6 +112,8 @@ class GatoConfig:
             problems.append(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         elif (self.n_embd // self.n_head) % 2:
             problems.append(f"head size n_embd/n_head={self.n_embd // self.n_head} must be even (rotary embeddings)")
+        if self.action_regression < 0:
+            problems.append(f"action_regression={self.action_regression} must be >= 0 (0 = no regression head)")
         if not 0.0 <= self.kappa < 1.0:
             problems.append(f"kappa={self.kappa} must be in [0, 1)")
         for name in ("n_layer", "n_embd", "n_head", "ff", "block_size", "vocab_size", "max_obs_tokens",
@@ -416,6 +425,8 @@ class GatoLoss:
     observation_loss: torch.Tensor | None
     targets: int
     """number of target tokens the head was computed for"""
+    regression_loss: torch.Tensor | None = None
+    """mean squared error of the continuous action values (mu-law space), with action_regression"""
 
 
 class Gato(nn.Module):
@@ -429,6 +440,7 @@ class Gato(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.embed.wte.weight  # tied, as in nanoGPT (and the paper's counts)
         self.patch_head = nn.Linear(config.n_embd, config.patch_channels * config.patch_size ** 2) if config.kappa else None
+        self.value_head = nn.Linear(config.n_embd, 1) if config.action_regression else None
         self.apply(self._init_weights)
         if self.embed.vector is not None:  # the padding codes' row stays zero (the init above drew it)
             with torch.no_grad():
@@ -496,7 +508,26 @@ class Gato(nn.Module):
         if self.config.kappa:
             obs_loss = self.observation_loss(batch, h_prev, live, patches)
             loss = (1 - self.config.kappa) * action_loss + self.config.kappa * obs_loss
-        return GatoLoss(loss, action_loss, obs_loss, int(target_mask.sum()))
+        regression = None
+        if self.value_head is not None:
+            regression = self.regression_loss(h_prev[target_mask], tokens[:, 1:][target_mask])
+            loss = loss + self.config.action_regression * regression
+        return GatoLoss(loss, action_loss, obs_loss, int(target_mask.sum()), regression)
+
+    def regression_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """MSE of the value head at the states (n, C) whose targets are continuous tokens, against
+        each token's bin centre in mu-law space; 0 (with a gradient path) when there are none."""
+        continuous = (targets >= CONTINUOUS_OFFSET) & (targets < CONTINUOUS_OFFSET + CONTINUOUS_BINS)
+        if not continuous.any():
+            return h.sum() * 0
+        return F.mse_loss(self.continuous_values(h[continuous]).float(), bin_centres(targets[continuous]))
+
+    def continuous_values(self, h: torch.Tensor) -> torch.Tensor:
+        """The value head's prediction (n,) for states (n, C), in mu-law space (not clipped)."""
+        if self.value_head is None:
+            raise ValueError("this model has no regression head (model.action_regression=0): "
+                             "decode continuous actions by 'sample' or 'median'")
+        return self.value_head(h).squeeze(-1)
 
     def target_logits(self, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (n, V or head size) of target states (n, C) and the targets as indices into them."""
@@ -539,8 +570,20 @@ class Gato(nn.Module):
 
         ``allowed`` (ids, or a slice of them: a view of the head, no gather) restricts the head to
         the ids valid for the action spec (cheaper, and the sample can only be a legal action token)."""
-        h = self.hidden_states(tokens, local_positions, is_image, patches, patch_rows, patch_cols, cache, vectors,
-                               codes)[:, -1]
+        return self.head_logits(self.next_token_state(tokens, local_positions, is_image, patches, patch_rows,
+                                                      patch_cols, cache, vectors, codes), allowed)
+
+    @torch.no_grad()
+    def next_token_state(self, tokens, local_positions, is_image, patches, patch_rows, patch_cols,
+                         cache: KVCache, vectors: torch.Tensor | None = None,
+                         codes: torch.Tensor | None = None) -> torch.Tensor:
+        """The final-layer state (B, C) that predicts the token after the given ones (fills ``cache``):
+        one trunk pass serves both the logits and the value head."""
+        return self.hidden_states(tokens, local_positions, is_image, patches, patch_rows, patch_cols, cache, vectors,
+                                  codes)[:, -1]
+
+    def head_logits(self, h: torch.Tensor, allowed: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """Logits (B, len(allowed) or V) of states (B, C)."""
         weight = self.lm_head.weight if allowed is None else self.lm_head.weight[allowed]
         return h @ weight.T
 
@@ -563,6 +606,11 @@ class Gato(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+
+def bin_centres(tokens: torch.Tensor) -> torch.Tensor:
+    """Continuous tokens -> float32 centres of their bins in mu-law space, in (-1, 1)."""
+    return ((tokens - CONTINUOUS_OFFSET).float() + 0.5) * (2.0 / CONTINUOUS_BINS) - 1.0
 
 
 def smooth_bin_code(bins: int, width: int, std: float = 0.02, seed: int = 0) -> torch.Tensor:

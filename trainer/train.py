@@ -40,8 +40,8 @@ from trainer.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 
-METRICS = ("step", "loss", "action_loss", "observation_loss", "lr", "grad_norm", "tokens_per_s",
-           "real_tokens", "padding_fraction", "elapsed_s")
+LOSSES = ("loss", "action_loss", "observation_loss", "regression_loss")
+METRICS = ("step", *LOSSES, "lr", "grad_norm", "tokens_per_s", "real_tokens", "padding_fraction", "elapsed_s")
 
 
 @dataclass
@@ -260,7 +260,7 @@ class Trainer:
         config = self.config
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        totals = {"loss": 0.0, "action_loss": 0.0, "observation_loss": 0.0}
+        totals = dict.fromkeys(LOSSES, 0.0)
         real_tokens = 0
         for micro in range(config.grad_accum):
             try:
@@ -275,10 +275,10 @@ class Trainer:
             with (contextlib.nullcontext() if sync else self.net.no_sync()), self.autocast:
                 out = self.net(batch)
                 (out.loss / config.grad_accum).backward()
-            totals["loss"] += out.loss.item() / config.grad_accum
-            totals["action_loss"] += out.action_loss.item() / config.grad_accum
-            if out.observation_loss is not None:
-                totals["observation_loss"] += out.observation_loss.item() / config.grad_accum
+            for key in LOSSES:
+                value = getattr(out, key)
+                if value is not None:
+                    totals[key] += value.item() / config.grad_accum
         if config.grad_clip > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip))
         else:
@@ -326,7 +326,8 @@ class Trainer:
         if state["world_size"] != self.world_size:
             raise ValueError(f"{found}: saved by {state['world_size']} process(es), resuming with {self.world_size}: "
                              f"use the same number of processes (each rank's loader position is its own)")
-        if state["model_config"] != dataclasses.asdict(self.config.model):
+        # a field added since the checkpoint was written takes its default (its behaviour then)
+        if dataclasses.asdict(GatoConfig(**state["model_config"])) != dataclasses.asdict(self.config.model):
             raise ValueError(f"{found}: the checkpoint's model config differs from this run's; use the same --config")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -365,7 +366,7 @@ class Trainer:
         self.csv.writerow({k: row.get(k) for k in METRICS})
         self.metrics_file.flush()
         step = row["step"]
-        for key in ("loss", "action_loss", "observation_loss"):
+        for key in LOSSES:
             self.tensorboard.add_scalar(f"losses/{key}", row[key], step)
         for key in ("lr", "grad_norm", "tokens_per_s", "padding_fraction"):
             self.tensorboard.add_scalar(f"charts/{key}", row[key], step)
@@ -374,7 +375,7 @@ class Trainer:
         """Mean losses and summed tokens/s over ranks, for the log."""
         if self.world_size == 1:
             return row
-        keys = ("loss", "action_loss", "observation_loss", "padding_fraction")
+        keys = (*LOSSES, "padding_fraction")
         values = torch.tensor([row[k] for k in keys] + [row["tokens_per_s"], row["real_tokens"]], dtype=torch.float64)
         dist.all_reduce(values)
         out = dict(row)
