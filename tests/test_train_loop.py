@@ -67,6 +67,23 @@ def test_resume_gives_the_same_loss_curve(data_and_text, tmp_path):
     assert torch.equal(state["model"]["blocks.0.attn.qkv.weight"], load_checkpoint(straight)["model"]["blocks.0.attn.qkv.weight"])
 
 
+def test_resume_accepts_a_checkpoint_older_than_a_model_field_but_not_another_model(data_and_text, tmp_path):
+    """A checkpoint written before a model field existed (no ``action_regression`` in its config)
+    resumes with the field's default; a run asking for a different model is refused."""
+    root, text = data_and_text
+    run = tmp_path / "old"
+    train(tiny_config(root, text, run, steps=2, checkpoint_every=2))
+    path = run / CHECKPOINT_DIR / "step-000002.pt"
+    state = torch.load(path, weights_only=False)
+    del state["model_config"]["action_regression"]
+    torch.save(state, path)
+    assert train(tiny_config(root, text, run, steps=3, checkpoint_every=2))["step"] == 3
+    other = tiny_config(root, text, run, steps=4)
+    other.model.action_regression = 1.0
+    with pytest.raises(ValueError, match="model config differs"):
+        train(other)
+
+
 def test_cli_smoke_with_accumulation_and_clear_errors(data_and_text, tmp_path, capsys):
     root, text = data_and_text
     out = tmp_path / "cli"
