@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from shards import Dataset
-from test_evaluate_deploy import pendulum_checkpoint, pendulum_dataset, pendulum_env
+from test_evaluate_deploy import assert_batching_matches_one_at_a_time, pendulum_checkpoint, pendulum_dataset
 from trainer.deploy import GatoAgent, _value_bin, load_agent_model
-from trainer.evaluate import EvalConfig, evaluate
 from trainer.model import bin_centres
 from trainer.tokenizer import CONTINUOUS_OFFSET, StepLayout, tokenize_steps
 from trainer.train import parse_config, train
@@ -74,15 +73,7 @@ def test_regression_acting_puts_the_value_in_its_bin_and_batches_like_single_epi
     assert _value_bin(torch.tensor([-5.0, -1.0, 0.0, 0.999, 1.0, 7.0])).tolist() == [0, 0, 512, 1023, 1023, 1023]
     model.next_token_state = original
 
-    def run(width: int) -> dict:
-        (row,) = evaluate(EvalConfig(checkpoint=str(base / "run"), tasks=["gym/pendulum"], episodes=4,
-                                     batch_episodes=width, continuous_decoding="regression", progress=False,
-                                     out=str(base / f"eval-{width}")), env_factory=pendulum_env)
-        return row
-
-    one, batched = run(1), run(4)
-    assert one["mean_length"] == batched["mean_length"] == 40
-    assert batched["mean_return"] == pytest.approx(one["mean_return"], rel=1e-3)
+    assert_batching_matches_one_at_a_time(base, "regression")
 
 
 def test_regression_decoding_needs_the_head(tmp_path):

@@ -283,18 +283,26 @@ def pendulum_run(tmp_path_factory):
     return pendulum_checkpoint(tmp_path_factory.mktemp("pendulum"))
 
 
-def test_batched_evaluation_matches_one_episode_at_a_time(pendulum_run):
+def assert_batching_matches_one_at_a_time(base: Path, decoding: str, widths: tuple[int, ...] = (4,),
+                                          episodes: int = 4) -> None:
+    """Pendulum evaluations of ``base``/run, ``widths`` episodes in lockstep, return what the
+    same episodes one at a time do (deterministic decodings: the same actions)."""
     def run(width: int) -> dict:
-        (row,) = evaluate(EvalConfig(checkpoint=str(pendulum_run / "run"), tasks=["gym/pendulum"], episodes=5,
-                                     batch_episodes=width, continuous_decoding="median", progress=False,
-                                     out=str(pendulum_run / f"eval-{width}")), env_factory=pendulum_env)
+        (row,) = evaluate(EvalConfig(checkpoint=str(base / "run"), tasks=["gym/pendulum"], episodes=episodes,
+                                     batch_episodes=width, continuous_decoding=decoding, progress=False,
+                                     out=str(base / f"eval-{decoding}-{width}")), env_factory=pendulum_env)
         return row
 
-    one, batched, wide = run(1), run(3), run(8)  # 3: groups of 3 and 2; 8: one group of all 5
-    for row in (batched, wide):
-        assert row["episodes"] == 5 and row["mean_length"] == 40
+    one = run(1)
+    for width in widths:
+        row = run(width)
+        assert row["episodes"] == episodes and row["mean_length"] == one["mean_length"] == 40
         assert row["mean_return"] == pytest.approx(one["mean_return"], rel=1e-3)
         assert row["std_return"] == pytest.approx(one["std_return"], rel=1e-2)
+
+
+def test_batched_evaluation_matches_one_episode_at_a_time(pendulum_run):
+    assert_batching_matches_one_at_a_time(pendulum_run, "median", widths=(3, 8), episodes=5)  # groups of 3+2; all 5
 
 
 def test_act_batch_checks_its_batch_and_act_serves_one_episode(pendulum_run):

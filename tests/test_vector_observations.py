@@ -12,6 +12,7 @@ import torch
 from shards import Dataset, ModalitySpec, TaskSpec
 from test_evaluate_deploy import (
     CARTPOLE,
+    assert_batching_matches_one_at_a_time,
     cartpole_dataset,
     cartpole_env,
     pendulum_checkpoint,
@@ -143,15 +144,7 @@ def test_agent_feeds_the_values_and_batched_acting_matches_one_at_a_time(pendulu
     assert len(at) == 5  # 16 tokens hold five 3-token steps
     np.testing.assert_array_equal(prompt.vectors[at, :3], dataset.episode(episode_id).steps["obs_continuous"][-5:])
 
-    def run(width: int) -> dict:
-        (row,) = evaluate(EvalConfig(checkpoint=str(pendulum_vector_run / "run"), tasks=["gym/pendulum"], episodes=4,
-                                     batch_episodes=width, continuous_decoding="median", progress=False,
-                                     out=str(pendulum_vector_run / f"eval-{width}")), env_factory=pendulum_env)
-        return row
-
-    one, batched = run(1), run(4)
-    assert one["mean_length"] == batched["mean_length"] == 40
-    assert batched["mean_return"] == pytest.approx(one["mean_return"], rel=1e-3)
+    assert_batching_matches_one_at_a_time(pendulum_vector_run, "median")
     # the agent's observations reach the model: two different states, two different action distributions
     agent = GatoAgent(model, spec, None, context=64)
     agent.reset()
