@@ -563,17 +563,6 @@ class Gato(nn.Module):
         return torch.stack(losses).mean() if losses else h_prev.sum() * 0
 
     @torch.no_grad()
-    def next_token_logits(self, tokens, local_positions, is_image, patches, patch_rows, patch_cols,
-                          cache: KVCache, allowed: torch.Tensor | slice | None = None,
-                          vectors: torch.Tensor | None = None, codes: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, len(allowed) or V) of the token after the given ones, using and filling ``cache``.
-
-        ``allowed`` (ids, or a slice of them: a view of the head, no gather) restricts the head to
-        the ids valid for the action spec (cheaper, and the sample can only be a legal action token)."""
-        return self.head_logits(self.next_token_state(tokens, local_positions, is_image, patches, patch_rows,
-                                                      patch_cols, cache, vectors, codes), allowed)
-
-    @torch.no_grad()
     def next_token_state(self, tokens, local_positions, is_image, patches, patch_rows, patch_cols,
                          cache: KVCache, vectors: torch.Tensor | None = None,
                          codes: torch.Tensor | None = None) -> torch.Tensor:
@@ -583,7 +572,9 @@ class Gato(nn.Module):
                                   codes)[:, -1]
 
     def head_logits(self, h: torch.Tensor, allowed: torch.Tensor | slice | None = None) -> torch.Tensor:
-        """Logits (B, len(allowed) or V) of states (B, C)."""
+        """Logits (B, len(allowed) or V) of states (B, C). ``allowed`` (ids, or a slice of them: a
+        view of the head, no gather) restricts the head to the ids valid for the action spec
+        (cheaper, and a sample can only be a legal action token)."""
         weight = self.lm_head.weight if allowed is None else self.lm_head.weight[allowed]
         return h @ weight.T
 
