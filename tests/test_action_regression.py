@@ -14,8 +14,7 @@ import torch
 from shards import Dataset
 from test_evaluate_deploy import assert_batching_matches_one_at_a_time, pendulum_checkpoint, pendulum_dataset
 from trainer.deploy import GatoAgent, _value_bin, load_agent_model
-from trainer.model import bin_centres
-from trainer.tokenizer import CONTINUOUS_OFFSET, StepLayout, tokenize_steps
+from trainer.tokenizer import CONTINUOUS_OFFSET, StepLayout, bin_centres, tokenize_steps
 from trainer.train import parse_config, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +47,7 @@ def test_value_head_learns_the_demonstrated_torques(tmp_path):
         targets = tokens[0, 1:]
         is_action = (targets >= CONTINUOUS_OFFSET) & (targets < CONTINUOUS_OFFSET + 1024)
         predicted.append(model.continuous_values(h[is_action]))
-        true.append(bin_centres(targets[is_action]))
+        true.append(bin_centres(targets[is_action] - CONTINUOUS_OFFSET))
     predicted, true = torch.cat(predicted), torch.cat(true)
     assert len(true) == 16 * 21
     explained = 1 - float(((predicted - true) ** 2).mean() / true.var())
@@ -69,7 +68,7 @@ def test_regression_acting_puts_the_value_in_its_bin_and_batches_like_single_epi
     token = int(agent.last_action_tokens[0])
     assert token == CONTINUOUS_OFFSET + int(_value_bin(value)[0])
     # the fed-back token's bin holds the value (clipped to the bins' range)
-    assert abs(float(bin_centres(torch.tensor(token))) - float(value.clamp(-1, 1))) <= 1 / 1024 + 1e-6
+    assert abs(float(bin_centres(torch.tensor(token - CONTINUOUS_OFFSET))) - float(value.clamp(-1, 1))) <= 1 / 1024 + 1e-6
     assert _value_bin(torch.tensor([-5.0, -1.0, 0.0, 0.999, 1.0, 7.0])).tolist() == [0, 0, 512, 1023, 1023, 1023]
     model.next_token_state = original
 

@@ -242,8 +242,7 @@ def test_smooth_bins_start_neighbouring_continuous_bins_alike():
 def test_action_regression_head_learns_continuous_values_and_adds_its_weighted_mse():
     """The value head's loss is the MSE against the targets' bin centres, weighted into the loss;
     discrete targets are not in it, and a few steps fit the values far better than the start."""
-    from trainer.model import bin_centres
-    from trainer.tokenizer import CONTINUOUS_OFFSET
+    from trainer.tokenizer import CONTINUOUS_OFFSET, bin_centres
 
     torch.manual_seed(0)
     batch = synthetic_batch(SyntheticBatchConfig(batch_size=2, seq_len=64, image_patches=0, continuous=True))
@@ -254,11 +253,11 @@ def test_action_regression_head_learns_continuous_values_and_adds_its_weighted_m
                             *real_patches(batch))[:, :-1][mask]
     targets = batch["tokens"][:, 1:][mask]
     assert (targets >= CONTINUOUS_OFFSET).all()
-    expected = torch.nn.functional.mse_loss(model.value_head(h).squeeze(-1), bin_centres(targets))
+    expected = torch.nn.functional.mse_loss(model.value_head(h).squeeze(-1), bin_centres(targets - CONTINUOUS_OFFSET))
     assert torch.allclose(out.regression_loss, expected)
     assert torch.allclose(out.loss, out.action_loss + 4.0 * out.regression_loss)
-    # bin centres are the mu-law values the tokenizer binned: token 0 -> -1 + 1/1024, the last -> 1 - 1/1024
-    assert bin_centres(torch.tensor([CONTINUOUS_OFFSET, CONTINUOUS_OFFSET + 1023])).tolist() == pytest.approx(
+    # bin centres are the mu-law values the tokenizer binned: bin 0 -> -1 + 1/1024, the last -> 1 - 1/1024
+    assert bin_centres(torch.tensor([0, 1023])).tolist() == pytest.approx(
         [-1 + 1 / 1024, 1 - 1 / 1024])
     optimizer = model.configure_optimizer(1e-2, 0.0, (0.9, 0.95))
     first = out.regression_loss.item()

@@ -44,6 +44,7 @@ from trainer.tokenizer import (
     StepLayout,
     action_token_ranges,
     decode_action,
+    mu_law_bins,
     tokenize_observation,
     tokenize_steps,
 )
@@ -289,10 +290,9 @@ def _median(logits: torch.Tensor) -> np.ndarray:
 
 
 def _value_bin(values: torch.Tensor) -> np.ndarray:
-    """(B,) continuous bin of each predicted mu-law value (clipped to [-1, 1]): the inverse of
-    ``model.bin_centres``, so the token fed back is the one the value falls in."""
-    bins = torch.floor((values.float().clamp(-1.0, 1.0) + 1.0) * (CONTINUOUS_BINS / 2.0))
-    return bins.clamp(0, CONTINUOUS_BINS - 1).long().cpu().numpy()
+    """(B,) continuous bin of each predicted mu-law value, binned as the tokenizer bins (clipped
+    to [-1, 1]): the token fed back is the one the value falls in."""
+    return mu_law_bins(values.detach().double().cpu().numpy())
 
 
 def _tail(chunk: TokenChunk, n: int) -> TokenChunk:

@@ -46,6 +46,7 @@ from trainer.tokenizer import (
     VECTOR_OBSERVATION,
     VECTOR_WIDTH,
     VOCAB_SIZE,
+    bin_centres,
 )
 
 log = logging.getLogger(__name__)
@@ -501,7 +502,8 @@ class Gato(nn.Module):
         live = batch["attention_mask"][:, 1:]
         target_mask = batch["loss_mask"][:, 1:] & live  # (B, T-1)
         h_prev = h[:, :-1]  # (B, T-1, C)
-        logits, targets = self.target_logits(h_prev[target_mask], tokens[:, 1:][target_mask])
+        h_targets, target_ids = h_prev[target_mask], tokens[:, 1:][target_mask]  # (n, C), (n,)
+        logits, targets = self.target_logits(h_targets, target_ids)
         action_loss = F.cross_entropy(logits.float(), targets) if logits.shape[0] else h.sum() * 0
         obs_loss = None
         loss = action_loss
@@ -510,7 +512,7 @@ class Gato(nn.Module):
             loss = (1 - self.config.kappa) * action_loss + self.config.kappa * obs_loss
         regression = None
         if self.value_head is not None:
-            regression = self.regression_loss(h_prev[target_mask], tokens[:, 1:][target_mask])
+            regression = self.regression_loss(h_targets, target_ids)
             loss = loss + self.config.action_regression * regression
         return GatoLoss(loss, action_loss, obs_loss, int(target_mask.sum()), regression)
 
@@ -520,7 +522,8 @@ class Gato(nn.Module):
         continuous = (targets >= CONTINUOUS_OFFSET) & (targets < CONTINUOUS_OFFSET + CONTINUOUS_BINS)
         if not continuous.any():
             return h.sum() * 0
-        return F.mse_loss(self.continuous_values(h[continuous]).float(), bin_centres(targets[continuous]))
+        return F.mse_loss(self.continuous_values(h[continuous]).float(),
+                          bin_centres(targets[continuous] - CONTINUOUS_OFFSET).float())
 
     def continuous_values(self, h: torch.Tensor) -> torch.Tensor:
         """The value head's prediction (n,) for states (n, C), in mu-law space (not clipped)."""
@@ -597,11 +600,6 @@ class Gato(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-
-
-def bin_centres(tokens: torch.Tensor) -> torch.Tensor:
-    """Continuous tokens -> float32 centres of their bins in mu-law space, in (-1, 1)."""
-    return ((tokens - CONTINUOUS_OFFSET).float() + 0.5) * (2.0 / CONTINUOUS_BINS) - 1.0
 
 
 def smooth_bin_code(bins: int, width: int, std: float = 0.02, seed: int = 0) -> torch.Tensor:

@@ -140,15 +140,27 @@ def encode_continuous(x: np.ndarray) -> np.ndarray:
                          f"at flat index {bad[0]}); expected finite floats")
     # mu-law and the binning in one float64 array (a fresh array per operation made a
     # Meta-World-like unit's temporaries ~80 MB of new memory)
-    values = mu_law(source, out=np.empty(source.shape, dtype=np.float64))
+    bins = mu_law_bins(mu_law(source, out=np.empty(source.shape, dtype=np.float64)))
+    bins += CONTINUOUS_OFFSET
+    return bins
+
+
+def mu_law_bins(values: np.ndarray) -> np.ndarray:
+    """Values already in mu-law space (float64; clipped to [-1, 1] in place) -> int64 bins in
+    [0, 1024), uniform over [-1, 1]. The inverse of ``bin_centres`` up to the bin's width."""
     np.clip(values, -1.0, 1.0, out=values)
     values += 1.0
     values *= CONTINUOUS_BINS / 2.0
     np.floor(values, out=values)
     bins = values.astype(np.int64)
     np.minimum(bins, CONTINUOUS_BINS - 1, out=bins)
-    bins += CONTINUOUS_OFFSET
     return bins
+
+
+def bin_centres(bins):
+    """Bins in [0, 1024) -> the centres of their mu-law intervals, in (-1, 1). Plain arithmetic,
+    so a numpy array or a torch tensor (the regression head's targets) gives its own kind."""
+    return (bins + 0.5) * (2.0 / CONTINUOUS_BINS) - 1.0
 
 
 def decode_continuous(tokens: np.ndarray) -> np.ndarray:
@@ -159,8 +171,7 @@ def decode_continuous(tokens: np.ndarray) -> np.ndarray:
         bad = tokens.reshape(-1)[np.flatnonzero((bins < 0) | (bins >= CONTINUOUS_BINS))[0]]
         raise ValueError(f"decode_continuous: token {bad} is outside the continuous range "
                          f"[{CONTINUOUS_OFFSET}, {CONTINUOUS_OFFSET + CONTINUOUS_BINS})")
-    centres = (bins + 0.5) * (2.0 / CONTINUOUS_BINS) - 1.0
-    return inverse_mu_law(centres).astype(np.float32)
+    return inverse_mu_law(bin_centres(bins)).astype(np.float32)
 
 
 def encode_discrete(x: np.ndarray) -> np.ndarray:
