@@ -285,8 +285,8 @@ def pendulum_run(tmp_path_factory):
 
 def assert_batching_matches_one_at_a_time(base: Path, decoding: str, widths: tuple[int, ...] = (4,),
                                           episodes: int = 4) -> None:
-    """Pendulum evaluations of ``base``/run, ``widths`` episodes in lockstep, return what the
-    same episodes one at a time do (deterministic decodings: the same actions)."""
+    """Evaluating ``base``/run on pendulum with ``widths`` episodes in lockstep returns what the
+    same episodes return one at a time (a deterministic decoding acts the same either way)."""
     def run(width: int) -> dict:
         (row,) = evaluate(EvalConfig(checkpoint=str(base / "run"), tasks=["gym/pendulum"], episodes=episodes,
                                      batch_episodes=width, continuous_decoding=decoding, progress=False,
