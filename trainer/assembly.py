@@ -47,6 +47,7 @@ class BatchLayout:
     observation_targets: bool = False
     provenance: bool = False
     vectors: bool = False
+    segments: bool = False
 
     @staticmethod
     @functools.lru_cache(maxsize=1024)
@@ -65,7 +66,7 @@ class BatchLayout:
 
     def key(self) -> tuple:
         return (self.size, self.length, self.patches, self.frames, self.frame_bytes, self.observation_targets,
-                self.provenance, self.vectors)
+                self.provenance, self.vectors, self.segments)
 
     def views(self, buffer: np.ndarray) -> dict[str, np.ndarray]:
         """Numpy views of the arrays inside ``buffer`` (uint8, at least ``nbytes``; each view's
@@ -83,10 +84,10 @@ class BatchLayout:
     @staticmethod
     def max_bytes(size: int, length: int, patches_per_sequence: int, frames_per_sequence: int,
                   frame_bytes_per_sequence: int, observation_targets: bool = False, provenance: bool = False,
-                  vectors: bool = False) -> int:
+                  vectors: bool = False, segments: bool = False) -> int:
         """The largest batch of these sizes (what shared memory must hold for it)."""
         return BatchLayout(size, length, size * patches_per_sequence, size * frames_per_sequence,
-                           size * frame_bytes_per_sequence, observation_targets, provenance, vectors).nbytes
+                           size * frame_bytes_per_sequence, observation_targets, provenance, vectors, segments).nbytes
 
 
 def write_batch(plans: list, sampler, buffer_for: Callable[[int], np.ndarray],
@@ -112,6 +113,9 @@ class BatchWriter:
         self.length = sampler.settings.sequence_length
         self.provenance = sampler.settings.provenance
         self.vectors = any(layout.vector_values + layout.vector_codes for layout in sampler.catalog.layouts.values())
+        self.memoryless = frozenset(t for t in sampler.catalog.task_names if is_memoryless(t, sampler.settings.memoryless))
+        self.segments = bool(self.memoryless)
+        self.segment_pieces: list[tuple] = []  # (row, column, unit, start, end) of memoryless tasks' non-prompt pieces
         self.plans: list = []
         self.batch_rows: list[int] = []
         # the slices of every piece's ids, local positions and loss mask (and a short row's
@@ -153,6 +157,8 @@ class BatchWriter:
                     self.vector_pieces.append((row, column, unit, start, end))
                 if provenance:
                     jobs.append((row, column, piece, unit))
+                if plan.task in self.memoryless and column >= plan.prompt_tokens:
+                    self.segment_pieces.append((row, column, unit, start, end))
                 column += end - start
             if column < length:
                 pad = _padding(length)
@@ -169,7 +175,8 @@ class BatchWriter:
         """The bytes ``write`` will take, give or take the arrays' alignment: images are counted
         high (a frame a piece and a patch a token), so a bundle capped by it stays under its cap."""
         rows = len(self.plans)
-        return (BatchLayout.of(rows, self.length, 0, 0, 0, self.observation_targets, self.provenance, self.vectors).nbytes
+        return (BatchLayout.of(rows, self.length, 0, 0, 0, self.observation_targets, self.provenance, self.vectors,
+                               self.segments).nbytes
                 + self.image_bytes)
 
     def write(self, buffer_for: Callable[[int], np.ndarray]) -> tuple[BatchLayout, list[int]]:
@@ -194,7 +201,7 @@ class BatchWriter:
                     shapes[row] = layout.image_shape
                     cuts.append((unit, layout, first, whole, cut))
         batch = BatchLayout.of(size, length, sum(counts) if counts else 0, len(per_frame), frame_bytes,
-                               self.observation_targets, self.provenance, self.vectors)
+                               self.observation_targets, self.provenance, self.vectors, self.segments)
         out = batch.views(buffer_for(batch.nbytes))
         tokens, local, loss = out["tokens"], out["local_positions"], out["loss_mask"]
         if counts is None:  # no image tokens: the per-image arrays are empty
@@ -216,6 +223,8 @@ class BatchWriter:
             _write_images(cuts, out)
         if self.vectors:
             _write_vectors(self.vector_pieces, out["obs_vectors"], out["obs_codes"])
+        if self.segments:
+            _write_segments(self.segment_pieces, out["segments"])
         attention = out["attention_mask"]
         attention.fill(True)
         real = [rows * length for rows in self.batch_rows]
@@ -342,7 +351,7 @@ def _pack(specs: tuple) -> tuple[dict[str, tuple[int, tuple[int, ...], np.dtype]
 
 @functools.lru_cache(maxsize=1024)
 def _fields(size: int, length: int, patches: int, frames: int, frame_bytes: int, observation_targets: bool,
-            provenance: bool, vectors: bool):
+            provenance: bool, vectors: bool, segments: bool):
     b, l = size, length
     specs = (("tokens", (b, l), np.int64), ("local_positions", (b, l), np.int64), ("num_patches", (b,), np.int64),
              ("image_shapes", (b, 3), np.int64), ("num_frames", (b,), np.int64), ("frame_patches", (frames,), np.int64),
@@ -356,7 +365,30 @@ def _fields(size: int, length: int, patches: int, frames: int, frame_bytes: int,
                   ("prompt_kind", (b,), np.int64))
     if vectors:
         specs += (("obs_vectors", (b, l, VECTOR_WIDTH), np.float32), ("obs_codes", (b, l, VECTOR_WIDTH), np.int16))
+    if segments:
+        specs += (("segments", (b, l), np.int32),)
     return _pack(specs)
+
+
+def is_memoryless(task: str, names) -> bool:
+    """Whether ``task`` (an id ``domain/name``) or its domain is among ``names``."""
+    return task in names or task.split("/", 1)[0] in names
+
+
+def _write_segments(pieces: list, segments: np.ndarray) -> None:
+    """Number each timestep of a memoryless task's pieces 1, 2, ... along its row (a piece's
+    timesteps continue its row's count); prompts and other tasks' tokens stay 0. The model lets
+    a token attend to earlier tokens of its own segment and of segment 0 only."""
+    segments.fill(0)
+    counts: dict[int, int] = {}
+    for row, column, unit, start, end in pieces:
+        if end <= start:
+            continue
+        positions = np.arange(start, end)
+        steps = np.searchsorted(unit.step_offsets, positions, side="right") - 1
+        first = counts.get(row, 0) + 1
+        segments[row, column:column + end - start] = steps - steps[0] + first
+        counts[row] = first + int(steps[-1] - steps[0])
 
 
 def _write_vectors(pieces: list, values: np.ndarray, codes: np.ndarray) -> None:

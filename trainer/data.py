@@ -41,6 +41,10 @@ With ``vector_observations=True`` (JAT's observation embedding) one more key com
 each VECTOR_OBSERVATION token and zeros elsewhere, and ``obs_codes`` int16 (B, L, VECTOR_WIDTH),
 its obs_discrete values (-1 padded) there and -1 elsewhere.
 
+With ``memoryless`` tasks in the data, ``segments`` int32 (B, L) comes along: 1, 2, ... on each
+timestep of a memoryless task's episodes (counting along the row), 0 on prompts and on every
+other task's tokens. A token attends to earlier tokens of its own segment and of segment 0.
+
 With ``observation_targets=True`` (JAT's kappa, Dynalang's next-observation prediction) two
 more keys come along: ``obs_targets`` int64 (B, L) (the token ids) and ``obs_target_mask`` bool
 (B, L), True on observation tokens that are not text and not the first token; at image
@@ -153,6 +157,12 @@ class DataConfig:
     """with vector_observations: domains or task ids that keep Gato's token per value (cartpole's
     5 values: 3 tokens a step instead of 7 saves little, and the balance needs the finely binned
     angle; a cartpole-only A/B scored 67.3 with tokens, 33.2 with a vector)"""
+    memoryless: tuple[str, ...] = ()
+    """domains or task ids whose expert acts on the current observation alone (Meta-World's
+    scripted policies): each of their timesteps attends to its own tokens and the sequence's
+    prompt only (the ``segments`` key), never to earlier timesteps, and the agent acts the same
+    way. A cloned arm that sees its own earlier actions learns to repeat them instead of reading
+    the observation (the copycat problem of behaviour cloning with history)"""
     observation_targets: bool = False
     """also yield next-observation targets (obs_targets, obs_target_mask)"""
     provenance: bool = False
@@ -225,7 +235,7 @@ class GatoDataset(IterableDataset):
             sequence_length=config.sequence_length, prompt_probability=config.prompt_probability,
             prompt_end_probability=config.prompt_end_probability, prompt_fraction=config.prompt_fraction,
             shuffle_buffer=config.shuffle_buffer, seed=config.seed, passes=config.passes,
-            prompt_pool_units=config.prompt_pool_units, provenance=config.provenance)
+            prompt_pool_units=config.prompt_pool_units, provenance=config.provenance, memoryless=tuple(config.memoryless))
         self._resume: list[int] | None = None
         self._consumed = [0]
         self._real_tokens = 0
@@ -368,6 +378,7 @@ class GatoDataset(IterableDataset):
         """Hash of everything that decides which sequences come out. The rank is not in it:
         ranks of one run consume alike, so rank 0's saved state resumes every rank."""
         settings = dataclasses.asdict(self.settings)
+        del settings["memoryless"]  # it decides how sequences attend, not which come out
         payload = json.dumps({"settings": settings, "roots": self.config.roots, "weights": self.weights,
                               "episodes": int(self.catalog.num_episodes), "world_size": self.world_size,
                               "max_text_tokens": self.config.max_text_tokens,
@@ -445,7 +456,7 @@ class SequenceLoader:
         dataset = self.dataset
         most = BatchLayout.max_bytes(self.batch_size, dataset.config.sequence_length, dataset.max_patches,
                                      *dataset.max_frames, dataset.config.observation_targets, dataset.config.provenance,
-                                     dataset.config.vector_observations)
+                                     dataset.config.vector_observations, bool(dataset.config.memoryless))
         arena = (self._prefetch() + RING_SPARE_MESSAGES) * (most + BUNDLE_BYTES)
         store = dataset.catalog.bytes_held(dataset.config.prompt_pool_units + STORE_EXTRA_UNITS)
         return BatchRing.claim(self.num_workers, min(max(arena, RING_MIN_BYTES), RING_MAX_BYTES),

@@ -101,7 +101,8 @@ class GatoAgent:
 
     def __init__(self, model: Gato, spec: TaskSpec, text_model: TextTokenizer | None, context: int = 1024,
                  temperature: float = 1.0, seed: int = 0, max_text_tokens: int = 128,
-                 continuous_decoding: str = "sample", vector_observations: bool | None = None) -> None:
+                 continuous_decoding: str = "sample", vector_observations: bool | None = None,
+                 memoryless: bool = False) -> None:
         if continuous_decoding not in CONTINUOUS_DECODINGS:
             raise ValueError(f"continuous_decoding={continuous_decoding!r}: expected one of {CONTINUOUS_DECODINGS}")
         if continuous_decoding == "regression" and model.value_head is None:
@@ -121,6 +122,9 @@ class GatoAgent:
         # this task's observations as the loader made them (a checkpoint's token_observations
         # keep some tasks on tokens); default: the model's switch
         self.vector_observations = model.config.vector_observations if vector_observations is None else vector_observations
+        # act on the prompt and the current observation only, as the loader's memoryless tasks train
+        self.memoryless = memoryless
+        self.kept = 0  # tokens of the cache a memoryless agent keeps: its prompt's
         self.ranges = action_token_ranges(spec)  # (A, 2) valid [low, high) per action token
         continuous = (self.ranges[:, 0] == CONTINUOUS_OFFSET) & (self.ranges[:, 1] == CONTINUOUS_OFFSET + CONTINUOUS_BINS)
         self.take_median = continuous & (continuous_decoding == "median")  # (A,) per action position
@@ -139,6 +143,12 @@ class GatoAgent:
         if len(first) > self.context:
             raise ValueError(f"prompt of {len(first)} tokens exceeds the context of {self.context}")
         self.pending = [first] * batch
+        if self.memoryless:  # the prompt goes in now: each step then starts from it alone
+            if len(first):
+                with torch.no_grad():
+                    self._feed(self.pending)
+            self.kept = len(first)
+            self.pending = [TokenChunk.empty()] * batch
 
     @torch.no_grad()
     def act(self, observation: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -152,6 +162,8 @@ class GatoAgent:
         """One action per episode of the batch, in order; ``last_action_tokens`` is (B, A)."""
         if len(observations) != len(self.pending):
             raise ValueError(f"{len(observations)} observations for a batch of {len(self.pending)} episodes")
+        if self.memoryless:
+            self.cache.truncate(self.kept)
         chunks = []
         for observation, pending in zip(observations, self.pending):
             obs = tokenize_observation(observation, self.spec, self.text_model, self.max_text_tokens,
@@ -160,6 +172,9 @@ class GatoAgent:
                                          obs.patch_rows, obs.patch_cols, obs.vectors, obs.codes)
             if len(chunk) > self.context:  # a prompt plus a first observation: keep the latest tokens
                 chunk = _tail(chunk, self.context)
+            if self.memoryless and self.kept + len(chunk) + len(self.ranges) > self.context:
+                raise ValueError(f"a memoryless step of {len(chunk) + len(self.ranges)} tokens after a prompt of "
+                                 f"{self.kept} exceeds the context of {self.context}: use a shorter prompt")
             chunks.append(chunk)
         lengths = {len(c) for c in chunks}
         if len(lengths) > 1:
@@ -175,7 +190,8 @@ class GatoAgent:
                 pick = _median(logits) if self.take_median[position] else self._sample(logits)
             sampled[:, position] = int(low) + pick
             chunks = [_action_token(int(token)) for token in sampled[:, position]]
-        self.pending = chunks  # the last action token goes in with the next observation
+        # the last action token goes in with the next observation (a memoryless agent drops it)
+        self.pending = [TokenChunk.empty()] * len(chunks) if self.memoryless else chunks
         self.last_action_tokens = sampled if len(sampled) > 1 else sampled[0]
         return [decode_action(tokens, self.spec) for tokens in sampled]
 
@@ -279,7 +295,8 @@ def run_info(state: dict[str, Any]) -> dict[str, Any]:
             "context": int(loader.get("sequence_length", state["model_config"]["block_size"])),
             "prompt_fraction": float(loader.get("prompt_fraction", 0.25)),
             "success_tail": loader.get("success_tail"),
-            "token_observations": tuple(loader.get("token_observations") or ())}
+            "token_observations": tuple(loader.get("token_observations") or ()),
+            "memoryless": tuple(loader.get("memoryless") or ())}
 
 
 def _median(logits: torch.Tensor) -> np.ndarray:

@@ -153,6 +153,7 @@ def evaluate(config: EvalConfig, env_factory: EnvFactory | None = None) -> list[
 
 def evaluate_task(config: EvalConfig, task: str, env_factory: EnvFactory | None = None) -> dict[str, Any]:
     """Run ``config.episodes`` episodes of one task with a prompted Gato."""
+    from trainer.assembly import is_memoryless
     from trainer.deploy import GatoAgent, demonstration_prompt, load_agent_model
     from trainer.text_tokenizer import TextTokenizer
     from trainer.tokenizer import StepLayout
@@ -168,7 +169,7 @@ def evaluate_task(config: EvalConfig, task: str, env_factory: EnvFactory | None 
                                            vector_observations=vector)
     agent = GatoAgent(model, spec, text_model, context=context, temperature=config.temperature, seed=config.seed,
                       max_text_tokens=info["max_text_tokens"], continuous_decoding=config.continuous_decoding,
-                      vector_observations=vector)
+                      vector_observations=vector, memoryless=is_memoryless(task, info["memoryless"]))
     factory = env_factory or load_env_factory(config.env_factory)
     # missions of varied length tokenize to varied lengths: such episodes run one at a time
     width = 1 if OBS_TEXT in spec.observation else min(config.batch_episodes, config.episodes)

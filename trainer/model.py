@@ -322,6 +322,18 @@ class KVCache:
     def reset(self) -> None:
         self.__init__(len(self.keys), self.max_tokens)
 
+    def truncate(self, n: int) -> None:
+        """Forget every token after the first ``n`` (a memoryless agent keeps its prompt and drops
+        the last timestep). Only before the ring wraps: the first ``n`` tokens are then slots 0..n-1."""
+        if self.next_position > self.max_tokens:
+            raise ValueError(f"cannot truncate a cache that has wrapped ({self.next_position} tokens seen, "
+                             f"{self.max_tokens} kept)")
+        if not 0 <= n <= self.next_position:
+            raise ValueError(f"truncate({n}): the cache holds {self.next_position} tokens")
+        self.next_position = n
+        if self.positions is not None:
+            self.positions = self.positions[:n]
+
     def start(self, n_new: int, device: torch.device) -> torch.Tensor:
         """Positions (T,) of the ``n_new`` tokens about to be appended; marks their slots and sets
         how they attend (``mask``/``causal``, the same for every layer)."""
@@ -370,12 +382,12 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hs)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        mask, causal = None, True
+        causal = mask is None
         if cache is not None:
             k, v = cache.append(self.layer, k, v)  # (B, H, S, hs): every cached slot, the new tokens' too
             mask, causal = cache.mask, cache.causal
@@ -408,8 +420,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.ff = GEGLU(config)
 
-    def forward(self, x, cos, sin, cache=None):
-        x = x + self.attn(self.ln_1(x), cos, sin, cache)
+    def forward(self, x, cos, sin, cache=None, mask=None):
+        x = x + self.attn(self.ln_1(x), cos, sin, cache, mask)
         return x + self.ff(self.ln_2(x))
 
 
@@ -477,9 +489,13 @@ class Gato(nn.Module):
 
     def hidden_states(self, tokens, local_positions, is_image, patches, patch_rows, patch_cols,
                       cache: KVCache | None = None, vectors: torch.Tensor | None = None,
-                      codes: torch.Tensor | None = None) -> torch.Tensor:
-        """Final-layer states (B, T, C) after ln_f. With a cache, tokens continue the cached context."""
+                      codes: torch.Tensor | None = None, segments: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-layer states (B, T, C) after ln_f. With a cache, tokens continue the cached context.
+        ``segments`` (B, T) (the loader's, for memoryless tasks) restricts attention: see ``segment_mask``."""
         B, T = tokens.shape
+        mask = None
+        if segments is not None and cache is None and bool((segments > 0).any()):
+            mask = segment_mask(segments)
         if cache is None:
             if T > self.config.block_size:
                 raise ValueError(f"sequence of {T} tokens exceeds block_size={self.config.block_size}")
@@ -489,7 +505,7 @@ class Gato(nn.Module):
         cos, sin = rotary(positions, self.config.n_embd // self.config.n_head, self.config.rope_base)
         x = self.drop(self.embed(tokens, local_positions, is_image, patches, patch_rows, patch_cols, vectors, codes))
         for block in self.blocks:
-            x = block(x, cos, sin, cache)
+            x = block(x, cos, sin, cache, mask)
         return self.ln_f(x)  # (B, T, C)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> GatoLoss:
@@ -497,7 +513,8 @@ class Gato(nn.Module):
         patches, rows, cols = real_patches(batch)
         tokens = batch["tokens"]
         h = self.hidden_states(tokens, batch["local_positions"], batch["is_image"], patches, rows, cols,
-                               vectors=batch.get("obs_vectors"), codes=batch.get("obs_codes"))
+                               vectors=batch.get("obs_vectors"), codes=batch.get("obs_codes"),
+                               segments=batch.get("segments"))
         # token l is predicted from positions < l: states [:, :-1] predict tokens [:, 1:]
         live = batch["attention_mask"][:, 1:]
         target_mask = batch["loss_mask"][:, 1:] & live  # (B, T-1)
@@ -600,6 +617,17 @@ class Gato(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+
+def segment_mask(segments: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T) bool attention mask of (B, T) segment ids: token q sees token k <= q when k
+    is in segment 0 (prompts, tasks with history) or in q's own segment (one timestep of a
+    memoryless task). All zeros gives the plain causal mask."""
+    T = segments.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    keys = segments[:, None, :]
+    visible = (keys == 0) | (keys == segments[:, :, None])  # (B, T, T)
+    return (visible & causal)[:, None]
 
 
 def smooth_bin_code(bins: int, width: int, std: float = 0.02, seed: int = 0) -> torch.Tensor:

@@ -51,6 +51,7 @@ class SamplerSettings:
     passes: int | None = None
     prompt_pool_units: int = 3
     provenance: bool = False
+    memoryless: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
