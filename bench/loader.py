@@ -6,7 +6,7 @@
 
 Data (written to a temp dir with shards' own writer, deleted afterwards): the quickstart's
 composition as collected on 2026-12-03 (``QUICKSTART``: its tasks, sources, files of
-episodes and episode lengths, ~510k steps), with synthetic values shaped and compressible
+episodes and episode lengths, ~710k steps), with synthetic values shaped and compressible
 like the real ones: BabyAI, 12k bot episodes of 1-34 steps (one code per grid cell, 50
 discrete values, a mission string, 1 discrete action); Meta-World, 420 episodes of 500 steps
 (39 continuous values, 4 continuous actions); DMC cartpole, 184 episodes of 1000 steps (5
@@ -71,7 +71,7 @@ class BenchConfig:
     """Sizes and repeats (defaults: about the quickstart's steps and episode shapes)."""
 
     scale: float = 1.0
-    """episodes of each quickstart task and source, as a multiple of the quickstart's (~510k steps at 1)"""
+    """episodes of each quickstart task and source, as a multiple of the quickstart's (~710k steps at 1)"""
     root: str | None = None
     """bench this dataset instead of a synthetic quickstart (e.g. runs/demo/data, the demo's collection)"""
     text_model: str | None = None
@@ -295,7 +295,7 @@ class QuickstartPart(NamedTuple):
     """("fixed", n), ("uniform", low, high) or ("bot",): the BabyAI bot's short episodes (1-34 steps, mode 3, mean 5.7)"""
 
 
-# The quickstart's composition (datasets/quickstart.yaml as collected on 2026-12-03, 510k steps)
+# The quickstart's composition (datasets/quickstart.yaml as collected on 2026-12-05; ~710k steps here)
 QUICKSTART: tuple[QuickstartPart, ...] = tuple(QuickstartPart(*part) for part in (
     ("babyai/GoToRedBall", "scripted", 6000, 200, ("bot",)),
     ("babyai/GoToRedBall", "random", 20, 20, ("uniform", 13, 64)),
@@ -303,7 +303,7 @@ QUICKSTART: tuple[QuickstartPart, ...] = tuple(QuickstartPart(*part) for part in
     ("babyai/GoToLocal", "random", 20, 20, ("uniform", 13, 64)),
     ("metaworld/reach-v3", "scripted", 200, 50, ("fixed", 500)),
     ("metaworld/reach-v3", "random", 10, 10, ("fixed", 500)),
-    ("metaworld/push-v3", "scripted", 200, 50, ("fixed", 500)),
+    ("metaworld/push-v3", "scripted", 600, 50, ("fixed", 500)),
     ("metaworld/push-v3", "random", 10, 10, ("fixed", 500)),
     ("dmc/cartpole-balance", "training", 20, 20, ("fixed", 1000)),
     ("dmc/cartpole-balance", "rollout", 144, 16, ("fixed", 1000)),
