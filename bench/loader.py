@@ -5,10 +5,10 @@
     .venv/bin/python bench/loader.py --root runs/demo/data   # a dataset you collected
 
 Data (written to a temp dir with shards' own writer, deleted afterwards): the quickstart's
-composition as collected on 2026-12-03 (``QUICKSTART``: its tasks, sources, files of
+composition as collected on 2026-12-05 (``QUICKSTART``: its tasks, sources, files of
 episodes and episode lengths, ~710k steps), with synthetic values shaped and compressible
 like the real ones: BabyAI, 12k bot episodes of 1-34 steps (one code per grid cell, 50
-discrete values, a mission string, 1 discrete action); Meta-World, 420 episodes of 500 steps
+discrete values, a mission string, 1 discrete action); Meta-World, 820 episodes of 500 steps
 (39 continuous values, 4 continuous actions); DMC cartpole, 184 episodes of 1000 steps (5
 continuous values, 1 continuous action); Atari, 8 episodes of ~850 steps (84x84x4 stacked
 frames); Procgen coinrun, 123 episodes of 31-1000 steps (64x64x3 frames). Until 2026-12-04
