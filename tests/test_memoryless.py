@@ -37,8 +37,9 @@ def test_loader_numbers_each_timestep_of_a_memoryless_task_and_leaves_prompts_at
         np.testing.assert_array_equal(ids, np.repeat(np.arange(1, len(starts) + 1), 3)[:len(ids)])
     plain = next(iter(GatoDataset(DataConfig(**common), batch_size=8)))
     assert "segments" not in plain  # tasks with history: the batch is as before
-    other = next(iter(GatoDataset(DataConfig(**common, memoryless=("metaworld/reach-v3",)), batch_size=8)))
-    assert "segments" not in other  # names that match no task change nothing
+    with pytest.raises(ValueError, match="memoryless names \\['metaworld'\\] match no task of the datasets; "
+                                         "known domains \\['gym'\\], tasks \\['gym/pendulum'\\]"):
+        GatoDataset(DataConfig(**common, memoryless=("gym", "metaworld")))
 
 
 def test_a_memoryless_timestep_sees_its_own_tokens_and_the_prompt_only():

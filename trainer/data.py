@@ -85,7 +85,16 @@ import torch
 import tyro
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from trainer.assembly import BatchLayout, BatchWriter, as_tensors, host_buffer, shared_buffer, split_rows, write_batch
+from trainer.assembly import (
+    BatchLayout,
+    BatchWriter,
+    as_tensors,
+    host_buffer,
+    is_memoryless,
+    shared_buffer,
+    split_rows,
+    write_batch,
+)
 from trainer.buffers import keep_freed_heap
 from trainer.catalog import Catalog
 from trainer.mixture import parse_weight_args, task_weights
@@ -226,6 +235,10 @@ class GatoDataset(IterableDataset):
             raise ValueError(f"tasks {with_text} have obs_text: pass text_model (fit one with "
                              f"`python -m trainer.tokenizer fit ROOT --out text.model`)")
         domains = {task: self.catalog.domain_of(task) for task in self.catalog.task_names}
+        unmatched = [n for n in config.memoryless if not any(is_memoryless(t, (n,)) for t in self.catalog.task_names)]
+        if unmatched:
+            raise ValueError(f"memoryless names {unmatched} match no task of the datasets; known domains "
+                             f"{sorted(set(domains.values()))}, tasks {sorted(domains)}")
         self.weights = task_weights(domains, config.weights_spec())
         self.max_patches = max_patches_per_sequence(self.catalog, config.sequence_length)
         self.max_frames = max_frames_per_sequence(self.catalog, config.sequence_length)
