@@ -42,6 +42,8 @@ from trainer.tokenizer import (
     CONTINUOUS_OFFSET,
     MAX_CHANNELS,
     MAX_LOCAL_POSITIONS,
+    SEPARATOR,
+    TEXT_VOCAB_SIZE,
     VECTOR_CODE_VALUES,
     VECTOR_OBSERVATION,
     VECTOR_WIDTH,
@@ -103,6 +105,13 @@ class GatoConfig:
     "regression"``). The cross-entropy on the bins stays, so every decoding works on the same
     model. A softmax over 1024 bins learned from a few hundred demonstrations is wide and blind
     to bin order; a regression is precise where the demonstrations agree. 0 = no head (Gato)"""
+    instruction_film: int = 0
+    """width of an instruction-conditioned reading of discrete vector observations (BabyAI's
+    FiLM, Perez et al. 2018, as in the BabyAI baselines): each cell's code is modulated by the
+    step's text (its mission) before cells are pooled, and the result goes into the step's
+    separator, the state that predicts the action. The plain vector token sums cells blindly: a
+    small Gato then has to find "the purple ball" in one 128-d superposition of the whole view.
+    0 = off (JAT, Gato)"""
     vector_frequencies: int = 8
     """sine/cosine octaves per value in the vector encoder: features that change over ~1 cm of a
     Meta-World position, which a linear map of the raw value alone resolves poorly"""
@@ -117,6 +126,8 @@ class GatoConfig:
             problems.append(f"action_regression={self.action_regression} must be >= 0 (0 = no regression head)")
         if not 0.0 <= self.kappa < 1.0:
             problems.append(f"kappa={self.kappa} must be in [0, 1)")
+        if self.instruction_film < 0:
+            problems.append(f"instruction_film={self.instruction_film} must be >= 0 (0 = off)")
         for name in ("n_layer", "n_embd", "n_head", "ff", "block_size", "vocab_size", "max_obs_tokens",
                      "patch_channels", "patch_hidden", "position_bins"):
             if getattr(self, name) < 1:
@@ -232,6 +243,71 @@ class VectorEncoder(nn.Module):
         return self.out(F.gelu(h))
 
 
+class InstructionFiLM(nn.Module):
+    """A step's discrete vector observation read in the light of the step's text: per cell, its
+    code's embedding is scaled and shifted by the mission (FiLM) and passed through GELU, so a
+    unit can mean "this cell holds what the mission names"; a second layer joins that with the
+    cell's position; the cells are summed. Codes are embedded by value, shared across positions,
+    so "purple ball" is learned once for every cell it can be in."""
+
+    def __init__(self, config: GatoConfig) -> None:
+        super().__init__()
+        width = config.instruction_film
+        self.pad = VECTOR_CODE_VALUES
+        self.value = nn.Embedding(VECTOR_CODE_VALUES + 1, width, padding_idx=self.pad)
+        self.position = nn.Parameter(torch.randn(VECTOR_WIDTH, width) * 0.02)
+        # the mission's own bag of words: the token table also serves the output head and the
+        # trunk, and a mean of those rows was read far worse (docs/demo.md)
+        self.words = nn.Embedding(TEXT_VOCAB_SIZE, width)
+        self.film = nn.Linear(width, 2 * width)
+        self.mix = nn.Linear(width, width)
+        self.out = nn.Linear(width, config.n_embd)
+
+    def reset_inner_parameters(self) -> None:
+        """PyTorch's own init (unit-scale embeddings, fan-in linears) for everything before the
+        output layer, after the model's GPT-2 init (std 0.02) drew them: at 0.02 the products of
+        FiLM and GELU start near-linear and tiny, and a per-step network so initialised reached
+        73% held-out accuracy on the bot's GoToLocal actions against 93% (docs/demo.md)."""
+        for module in (self.value, self.words, self.film, self.mix):
+            module.reset_parameters()
+
+    def forward(self, codes: torch.Tensor, mission: torch.Tensor) -> torch.Tensor:
+        """(N, VECTOR_WIDTH) codes (-1 padded) and (N, width) mission vectors -> (N, C)."""
+        used = int((codes >= 0).any(0).nonzero().max()) + 1 if codes.numel() and (codes >= 0).any() else 1
+        codes = codes[:, :used]  # BabyAI fills 50 of the 64 columns: the rest costs a fifth for nothing
+        valid = codes >= 0
+        value = self.value(torch.where(valid, codes.long(), self.pad))  # (N, W, w)
+        scale, shift = self.film(mission).unsqueeze(1).chunk(2, dim=-1)  # (N, 1, w) each
+        matched = F.gelu(value * (1 + scale) + shift)
+        placed = F.gelu(self.mix(matched) + self.position[:used]) * valid.unsqueeze(-1)
+        return self.out(placed.sum(1))
+
+    def at_separators(self, x: torch.Tensor, tokens: torch.Tensor, local_positions: torch.Tensor,
+                      is_image: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) to add to ``x``: at each separator whose timestep has a vector observation
+        with codes, that observation read with the mean of the timestep's text tokens' ``words`` rows.
+        A timestep is the run of tokens from an observation's first token (local position 0) to
+        the next one; the separator follows both the vector token and the text, so nothing
+        reads a token after itself."""
+        B, T, C = x.shape
+        is_vector = tokens == VECTOR_OBSERVATION
+        has_cells = is_vector & (codes >= 0).any(-1)  # (B, T)
+        step = torch.cumsum(local_positions == 0, dim=1)  # (B, T): timestep index in the window
+        step = (step + torch.arange(B, device=x.device).unsqueeze(1) * (T + 1)).reshape(-1)
+        is_text = ((local_positions > 0) & ~is_image & ~is_vector).reshape(-1)
+        is_text = is_text & (tokens.reshape(-1) < TEXT_VOCAB_SIZE)
+        words = self.words(tokens.reshape(-1)[is_text])
+        text_sum = words.new_zeros(B * (T + 1), words.shape[-1]).index_add(0, step[is_text], words)
+        text_count = words.new_zeros(B * (T + 1)).index_add(0, step[is_text], words.new_ones(len(words)))
+        cells = has_cells.reshape(-1)
+        where = step[cells]
+        mission = text_sum[where] / text_count[where].clamp(min=1).unsqueeze(-1)
+        read = self(codes.reshape(-1, codes.shape[-1])[cells], mission)  # (n, C)
+        by_step = x.new_zeros(B * (T + 1), C).index_put((where,), read.to(x.dtype))
+        is_separator = (tokens == SEPARATOR).reshape(-1, 1)
+        return (by_step[step] * is_separator).reshape(B, T, C)
+
+
 class GatoEmbedding(nn.Module):
     """Tokens -> vectors: one table for text/discrete/continuous/separator, patches via a ResNet,
     vector observations (when configured) via an MLP."""
@@ -245,6 +321,7 @@ class GatoEmbedding(nn.Module):
         self.col = nn.Embedding(config.position_bins, config.n_embd)
         self.local = nn.Embedding(config.max_obs_tokens, config.n_embd)
         self.vector = VectorEncoder(config) if config.vector_observations else None
+        self.instruction = InstructionFiLM(config) if config.instruction_film else None
 
     def forward(self, tokens: torch.Tensor, local_positions: torch.Tensor, is_image: torch.Tensor,
                 patches: torch.Tensor, patch_rows: torch.Tensor, patch_cols: torch.Tensor,
@@ -274,7 +351,10 @@ class GatoEmbedding(nn.Module):
             x = x.index_put((is_image,), pe.to(x.dtype))  # placeholders -> patch vectors
         is_obs = (local_positions >= 0).unsqueeze(-1)  # (B, T, 1) observation tokens only
         local = self.local(local_positions.clamp(0, self.config.max_obs_tokens - 1))
-        return x + local * is_obs
+        x = x + local * is_obs
+        if self.instruction is not None and codes is not None:
+            x = x + self.instruction.at_separators(x, tokens, local_positions, is_image, codes)
+        return x
 
 
 # ----------------------------------------------------------------------------------------
@@ -458,6 +538,8 @@ class Gato(nn.Module):
         if self.embed.vector is not None:  # the padding codes' row stays zero (the init above drew it)
             with torch.no_grad():
                 self.embed.vector.codes.weight[self.embed.vector.none].zero_()
+        if self.embed.instruction is not None:
+            self.embed.instruction.reset_inner_parameters()
         for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
             if name.endswith("attn.proj.weight") or name.endswith("ff.out.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))

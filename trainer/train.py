@@ -111,6 +111,9 @@ class TrainConfig:
         if self.loader.sequence_length > self.model.block_size:
             problems.append(f"loader.sequence_length={self.loader.sequence_length} exceeds "
                             f"model.block_size={self.model.block_size}")
+        if self.model.instruction_film and not self.loader.vector_observations:
+            problems.append(f"model.instruction_film={self.model.instruction_film} reads vector observations: "
+                            "set loader.vector_observations: true (or instruction_film: 0)")
         if problems:
             raise ValueError("; ".join(problems))
         # the model embeds what the loader makes: one switch, in the loader config
