@@ -273,9 +273,11 @@ class InstructionFiLM(nn.Module):
 
     def forward(self, codes: torch.Tensor, mission: torch.Tensor) -> torch.Tensor:
         """(N, VECTOR_WIDTH) codes (-1 padded) and (N, width) mission vectors -> (N, C)."""
-        used = int((codes >= 0).any(0).nonzero().max()) + 1 if codes.numel() and (codes >= 0).any() else 1
-        codes = codes[:, :used]  # BabyAI fills 50 of the 64 columns: the rest costs a fifth for nothing
         valid = codes >= 0
+        columns = valid.any(0).nonzero()
+        used = int(columns.max()) + 1 if len(columns) else 1
+        # BabyAI fills 50 of the 64 columns: the rest costs a fifth for nothing
+        codes, valid = codes[:, :used], valid[:, :used]
         value = self.value(torch.where(valid, codes.long(), self.pad))  # (N, W, w)
         scale, shift = self.film(mission).unsqueeze(1).chunk(2, dim=-1)  # (N, 1, w) each
         matched = F.gelu(value * (1 + scale) + shift)
